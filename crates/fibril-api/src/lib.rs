@@ -1,0 +1,65 @@
+//! Kubernetes-shaped resource types, Fibril kinds and their cilium.io aliases,
+//! manifest parsing.
+//!
+//! Every resource the cluster store holds implements [`Resource`]; the store
+//! keys objects by [`ObjectKey`] (kind, namespace, name) and stores them as
+//! JSON, so one store serves core kinds (k8s-openapi types) and Fibril kinds alike.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A typed, Kubernetes-shaped object kept in the cluster store.
+pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// `apiVersion` as written in manifests, e.g. `v1`, `apps/v1`, `fibril.io/v1`.
+    const API_VERSION: &'static str;
+    /// Canonical kind, e.g. `Pod`, `FibrilNode`.
+    const KIND: &'static str;
+    /// Whether objects of this kind live in a namespace.
+    const NAMESPACED: bool;
+
+    fn metadata(&self) -> &ObjectMeta;
+    fn metadata_mut(&mut self) -> &mut ObjectMeta;
+
+    /// The store key of this object (namespace defaults to `default` for
+    /// namespaced kinds, and is ignored for cluster-scoped kinds).
+    fn key(&self) -> ObjectKey {
+        let m = self.metadata();
+        ObjectKey::new(
+            Self::KIND,
+            if Self::NAMESPACED {
+                Some(m.namespace.as_deref().unwrap_or("default"))
+            } else {
+                None
+            },
+            m.name.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+/// Where an object lives in the store: its canonical kind, namespace (None for
+/// cluster-scoped kinds) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: &str, namespace: Option<&str>, name: &str) -> Self {
+        Self {
+            kind: kind.to_string(),
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
+            None => write!(f, "{}/{}", self.kind, self.name),
+        }
+    }
+}

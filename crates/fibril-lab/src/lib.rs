@@ -1,0 +1,1 @@
+//! The lab: topology files, the netns fabric builder, and (later) the lab cluster.

@@ -1,0 +1,1 @@
+//! Network namespaces and rtnetlink helpers: links, addresses, routes inside a given netns.

@@ -1,0 +1,1 @@
+//! The cluster store: one trait, etcd and in-memory backends.
