@@ -8,6 +8,28 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{de::DeserializeOwned, Serialize};
 
+pub mod annotations;
+pub mod core;
+pub mod fibril;
+pub mod kind;
+pub mod manifest;
+
+pub use k8s_openapi;
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta as Meta};
+
+pub use crate::core::{
+    ConfigMap, DaemonSet, Deployment, EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service,
+};
+pub use crate::fibril::{
+    FibrilEndpoint, FibrilIdentity, FibrilLocalRedirectPolicy, FibrilNetworkPolicy, FibrilNode,
+    FibrilPodIPPool,
+};
+pub use crate::kind::{Kind, ResolveError, UnknownResourceType, FIBRIL_API_VERSION};
+pub use crate::manifest::{
+    from_store, list_value, parse_manifests, parse_manifests_bytes, to_store, AnyObject, ApiError,
+    DynamicObject, ManifestError, ManifestErrorReason, ModeledKind,
+};
+
 /// A typed, Kubernetes-shaped object kept in the cluster store.
 pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// `apiVersion` as written in manifests, e.g. `v1`, `apps/v1`, `fibril.io/v1`.
