@@ -1,13 +1,21 @@
 //! The `fibril` binary: every component behind one executable. Invoked as
 //! `fibril-cni` (by name, through a symlink) it is the CNI plugin.
+//!
+//! This file only parses the command line and dispatches: each subcommand
+//! lives in its own module under `cmd/`.
+
+use std::process::ExitCode;
 
 use clap::Parser;
+
+mod cmd;
 
 #[derive(Parser)]
 #[command(
     name = "fibril",
     version,
-    about = "Fibril: Kubernetes CNI with an eBPF datapath"
+    about = "Fibril: Kubernetes CNI with an eBPF datapath",
+    after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=fibril_lab=debug)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -18,12 +26,35 @@ struct Cli {
 enum Command {
     /// Print the version.
     Version,
+    /// The lab: build, inspect, enter and remove the netns fabric.
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Version => println!("fibril {}", env!("CARGO_PKG_VERSION")),
+    init_tracing();
+    let result = match cli.command {
+        Command::Version => {
+            println!("fibril {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab(c) => cmd::lab::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    Ok(())
 }

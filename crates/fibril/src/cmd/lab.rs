@@ -1,0 +1,314 @@
+//! `fibril lab ...`: bring the netns lab fabric up and down, show it, and run
+//! commands inside its hosts.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use fibril_lab::{Fabric, LabStatus, Topology, DEFAULT_LAB};
+
+/// `fibril lab` subcommands.
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Build a lab: one network namespace per node and for the router, and a
+    /// fabric namespace with one bridge per subnet.
+    #[command(after_help = lab_up_help())]
+    Up(UpArgs),
+    /// Remove a lab: every namespace, interface, mount, process and state file.
+    Down(NameArg),
+    /// List labs with their hosts, namespaces and addresses.
+    Status(StatusArgs),
+    /// Run a command inside a lab host's network namespace (entered with
+    /// setns, so /sys and bpffs stay as they are) and return its exit code.
+    #[command(after_help = "Example: fibril lab exec k8s-ctr -- ping -c1 192.168.10.101")]
+    Exec(ExecArgs),
+}
+
+fn lab_up_help() -> String {
+    format!(
+        "Built-in topologies: {}. A path to a YAML file works too.",
+        Topology::builtin_names().join(", ")
+    )
+}
+
+/// `--name LAB`.
+#[derive(Args)]
+pub struct NameArg {
+    /// Lab name (a-z, 0-9, _); namespaces are named fl-<LAB>-<host>.
+    #[arg(long, short = 'n', env = "FIBRIL_LAB", default_value = DEFAULT_LAB)]
+    pub name: String,
+}
+
+/// `fibril lab up` arguments.
+#[derive(Args)]
+pub struct UpArgs {
+    /// Built-in topology name (seed-3w, seed-4w, 3nodes) or path to a YAML file.
+    #[arg(long, short = 't', default_value = "seed-3w")]
+    pub topology: String,
+    #[command(flatten)]
+    pub name: NameArg,
+}
+
+/// `fibril lab status` arguments.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Only this lab (default: every lab found).
+    #[arg(long, short = 'n', env = "FIBRIL_LAB")]
+    pub name: Option<String>,
+}
+
+/// `fibril lab exec` arguments.
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Node name, `router`, or `fabric`.
+    pub host: String,
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Command and arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Runs a `fibril lab` subcommand.
+pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCommand::Up(a) => up(a),
+        LabCommand::Down(a) => down(a),
+        LabCommand::Status(a) => status(a),
+        LabCommand::Exec(a) => exec(a),
+    }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("`fibril lab {what}` needs root (it creates network namespaces)");
+    }
+    Ok(())
+}
+
+fn name_flag(lab: &str) -> String {
+    if lab == DEFAULT_LAB {
+        String::new()
+    } else {
+        format!(" --name {lab}")
+    }
+}
+
+fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
+    require_root("up")?;
+    let lab = a.name.name;
+    let topo =
+        Topology::load(&a.topology).with_context(|| format!("loading topology {}", a.topology))?;
+    println!(
+        "lab {lab}: building topology {} ({})",
+        topo.name, topo.description
+    );
+    let fabric = Fabric::up_with_progress(&topo, &lab, &mut |line| println!("  {line}"))
+        .with_context(|| format!("lab up --name {lab}"))?;
+
+    let n = name_flag(&lab);
+    let nodes = fabric.nodes();
+    let first = nodes.first().cloned().unwrap_or_default();
+    let peer_ip = nodes
+        .iter()
+        .rev()
+        .find(|h| **h != first)
+        .and_then(|h| fabric.node_ip(h))
+        .or_else(|| fabric.node_ip("router"))
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    println!();
+    println!("How to explore:");
+    println!("  fibril lab exec {first}{n} -- ping -c1 {peer_ip}");
+    if let Some(r) = &fabric.topology().router {
+        if let Some(lo) = r.loopbacks.first() {
+            println!(
+                "  fibril lab exec {first}{n} -- ping -c1 {}    # {} {}",
+                lo.address.addr(),
+                r.name,
+                lo.name
+            );
+        }
+        println!("  fibril lab exec {}{n} -- ip -br addr", r.name);
+    }
+    println!("  fibril lab exec {first}{n} -- ip route");
+    println!("  fibril lab exec {first}{n} -- tcpdump -i eth1 -nn");
+    println!("  fibril lab status{n}");
+    println!("  fibril lab down{n}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn down(a: NameArg) -> anyhow::Result<ExitCode> {
+    require_root("down")?;
+    let lab = a.name;
+    let report = match fibril_lab::down(&lab) {
+        Ok(r) => r,
+        Err(fibril_lab::LabError::NotRunning { .. }) => {
+            println!("lab {lab} is not running; nothing to remove");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e).with_context(|| format!("lab down --name {lab}")),
+    };
+    for ns in &report.namespaces {
+        println!("  removed netns {ns}");
+    }
+    if !report.killed_pids.is_empty() {
+        println!("  stopped processes {:?}", report.killed_pids);
+    }
+    println!("lab {lab} is down");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let labs = fibril_lab::status(a.name.as_deref()).context("lab status")?;
+    if labs.is_empty() {
+        println!("no labs (start one with `fibril lab up`)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (i, l) in labs.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_lab(l);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_lab(l: &LabStatus) {
+    let state = if l.healthy {
+        "running"
+    } else {
+        "incomplete (run `fibril lab down` or `up` to clean up)"
+    };
+    let created = l
+        .created_at
+        .map(|t| format!(", created {} ({})", format_utc(t), ago(t)))
+        .unwrap_or_default();
+    println!(
+        "lab {}: topology {}, {state}{created}",
+        l.lab,
+        l.topology.as_deref().unwrap_or("?")
+    );
+    let rows: Vec<[String; 4]> = l
+        .hosts
+        .iter()
+        .map(|h| {
+            let role = h
+                .kind
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "fabric".into());
+            let detail = if !h.present {
+                "MISSING".to_string()
+            } else if h.kind.is_none() {
+                format!("bridges/ports: {}", h.links.join(" "))
+            } else {
+                h.addresses
+                    .iter()
+                    .map(|(dev, a)| format!("{dev} {a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            [h.host.clone(), role, h.netns.clone(), detail]
+        })
+        .collect();
+    let header = [
+        "HOST".to_string(),
+        "ROLE".to_string(),
+        "NETNS".to_string(),
+        "ADDRESSES".to_string(),
+    ];
+    let mut widths = [0usize; 3];
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        println!(
+            "  {:<w0$}  {:<w1$}  {:<w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+    }
+    for s in &l.stray_namespaces {
+        println!("  stray namespace {s} (removed by the next up/down)");
+    }
+}
+
+fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
+    require_root("exec")?;
+    let lab = a.name.name;
+    let fabric = Fabric::attach(&lab)?;
+    let (program, args) = a
+        .command
+        .split_first()
+        .context("no command given after --")?;
+    let status = fabric
+        .command(&a.host, program)?
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program:?} in {} of lab {lab}", a.host))?;
+    let code = match status.code() {
+        Some(c) => c,
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }
+    };
+    Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn ago(t: u64) -> String {
+    let s = now_unix().saturating_sub(t);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h{}m ago", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` from Unix seconds (civil-from-days).
+fn format_utc(t: u64) -> String {
+    let days = (t / 86400) as i64;
+    let rem = t % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per top-level subcommand; each exposes a clap `Subcommand`/`Args`
+//! type and a `run` function returning the process exit code.
+
+pub mod lab;
