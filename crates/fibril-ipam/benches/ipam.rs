@@ -6,6 +6,9 @@
 //! - `ipam_assign_5000_nodes_ms`: operator assigning one /24 of 10.0.0.0/8 to each of
 //!   5,000 nodes (cluster-pool).
 
+// Benchmark inputs are constants; a failure is a bug worth a panic.
+#![allow(clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -49,7 +52,10 @@ fn figures() {
         fill(&mut a, ALLOCS);
         start.elapsed()
     });
-    println!("ipam_node_allocs_per_sec {:.0} allocs/s", f64::from(ALLOCS) / t.as_secs_f64());
+    println!(
+        "ipam_node_allocs_per_sec {:.0} allocs/s",
+        f64::from(ALLOCS) / t.as_secs_f64()
+    );
 
     let mut a = NodeAllocator::with_cidrs([net("10.1.0.0/16")]).unwrap();
     fill(&mut a, 32_000);
@@ -62,7 +68,10 @@ fn figures() {
         }
         start.elapsed()
     });
-    println!("ipam_node_alloc_release_per_sec {:.0} pairs/s", f64::from(pairs) / t.as_secs_f64());
+    println!(
+        "ipam_node_alloc_release_per_sec {:.0} pairs/s",
+        f64::from(pairs) / t.as_secs_f64()
+    );
 
     let names = node_names();
     let t = best_of(5, || {
@@ -85,7 +94,9 @@ fn benches(c: &mut Criterion) {
         )
     });
     let names = node_names();
-    c.bench_function("cluster_pool_assign_5000_nodes", |b| b.iter(|| assign(&names)));
+    c.bench_function("cluster_pool_assign_5000_nodes", |b| {
+        b.iter(|| assign(&names))
+    });
 }
 
 criterion_group! {
