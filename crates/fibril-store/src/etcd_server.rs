@@ -88,8 +88,14 @@ pub struct EtcdServerConfig {
     pub command_prefix: Vec<OsString>,
     /// Last-minute changes to the `Command` (environment, `pre_exec`, ...).
     pub customize: Option<CommandHook>,
-    /// How long [`EtcdServer::start`] waits for `/health`.
+    /// How long [`EtcdServer::start`] waits for readiness.
     pub start_timeout: Duration,
+    /// Also require `GET <client_url>/health` to answer `true` before
+    /// `start` returns. Readiness is otherwise judged from etcd's own log
+    /// ("ready to serve client requests", written after it joined the
+    /// cluster and elected a leader); turn this off when the client URL is
+    /// not reachable from the caller's network namespace.
+    pub http_health_check: bool,
 }
 
 impl std::fmt::Debug for EtcdServerConfig {
@@ -150,6 +156,7 @@ impl EtcdServerConfig {
             command_prefix: Vec::new(),
             customize: None,
             start_timeout: Duration::from_secs(30),
+            http_health_check: true,
         }
     }
 
@@ -220,7 +227,13 @@ fn go_arch(rust_arch: &str) -> &str {
 pub struct EtcdServer {
     config: EtcdServerConfig,
     child: Option<Child>,
+    /// Length of the log file when the current process was started, so
+    /// readiness and error tails only look at this run's lines.
+    log_offset: u64,
 }
+
+/// etcd (3.4 and 3.5) logs this once it serves clients.
+const READY_MARKER: &str = "ready to serve client requests";
 
 impl EtcdServer {
     /// Starts etcd and waits until `/health` answers `true`. Blocks (polls
@@ -230,9 +243,28 @@ impl EtcdServer {
         let mut server = Self {
             config,
             child: None,
+            log_offset: 0,
         };
         server.spawn_and_wait()?;
         Ok(server)
+    }
+
+    /// Starts a member on 127.0.0.1 with free ports in `data_dir`, picking
+    /// new ports (up to 3 tries) if another process grabbed one meanwhile.
+    pub fn start_local(data_dir: impl Into<PathBuf>) -> Result<Self, EtcdServerError> {
+        let data_dir = data_dir.into();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::start(EtcdServerConfig::local(&data_dir)?) {
+                Err(EtcdServerError::Exited { tail, .. })
+                    if tries < 3 && tail.contains("address already in use") =>
+                {
+                    warn!(data_dir = %data_dir.display(), "etcd port taken, retrying with new ports");
+                }
+                other => return other,
+            }
+        }
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), EtcdServerError> {
@@ -251,6 +283,7 @@ impl EtcdServer {
             .open(&cfg.log_file)
             .map_err(files_err)?;
         let log2 = log.try_clone().map_err(files_err)?;
+        self.log_offset = log.metadata().map(|m| m.len()).unwrap_or_default();
         let mut cmd = cfg.command();
         cmd.stdout(log).stderr(log2);
         let child = cmd.spawn().map_err(|source| EtcdServerError::Spawn {
@@ -269,6 +302,7 @@ impl EtcdServer {
     fn wait_healthy(&mut self) -> Result<(), EtcdServerError> {
         let start = Instant::now();
         let addr = host_port(&self.config.client_url)?;
+        let log = |s: &Self| log_since(&s.config.log_file, s.log_offset);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -277,11 +311,15 @@ impl EtcdServer {
                         data_dir: self.config.data_dir.clone(),
                         status: status.to_string(),
                         log: self.config.log_file.clone(),
-                        tail: log_tail(&self.config.log_file),
+                        tail: tail(&log(self)),
                     });
                 }
             }
-            if health_ok(&addr) {
+            // The marker in our own log (not just an answer on the port,
+            // which another etcd could give) proves this process is ready.
+            if log(self).contains(READY_MARKER)
+                && (!self.config.http_health_check || health_ok(&addr))
+            {
                 debug!(url = %self.config.client_url, waited = ?start.elapsed(), "etcd healthy");
                 return Ok(());
             }
@@ -291,7 +329,7 @@ impl EtcdServer {
                     data_dir: self.config.data_dir.clone(),
                     waited: start.elapsed(),
                     log: self.config.log_file.clone(),
-                    tail: log_tail(&self.config.log_file),
+                    tail: tail(&log(self)),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -411,8 +449,21 @@ fn health_ok(addr: &str) -> bool {
     body.starts_with("HTTP/1.") && body.contains(" 200 ") && body.contains("\"health\":\"true\"")
 }
 
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The log written since `offset`.
+fn log_since(path: &Path, offset: u64) -> String {
+    use std::io::{Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let mut bytes = Vec::new();
+            let _ = f.read_to_end(&mut bytes);
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    text
+}
+
+fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }

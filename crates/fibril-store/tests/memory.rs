@@ -94,3 +94,20 @@ async fn bounded_history_reports_compaction() {
         "the stream ends after Compacted"
     );
 }
+
+/// Typed helpers on `Arc<dyn Store>` produce `Send` futures usable in tasks.
+#[tokio::test]
+async fn typed_helpers_work_in_spawned_tasks() {
+    use fibril_store::StoreExt;
+    let s = store();
+    let s2 = s.clone();
+    let created = tokio::spawn(async move { s2.create_as(&common::widget("ns", "w", 1)).await })
+        .await
+        .unwrap()
+        .unwrap();
+    let got = tokio::spawn(async move { s.get_as::<common::Widget>(Some("ns"), "w").await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Some(created));
+}
