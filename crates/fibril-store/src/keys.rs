@@ -111,6 +111,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in ".*") {
+            let _ = parse_key_path(&s);
+        }
+
+        #[test]
+        fn valid_keys_round_trip(
+            kind in "[A-Za-z][A-Za-z0-9]{0,20}",
+            ns in proptest::option::of("[a-z0-9][a-z0-9-]{0,20}"),
+            name in "[a-z0-9][a-z0-9.-]{0,40}",
+        ) {
+            let k = ObjectKey::new(&kind, ns.as_deref(), &name);
+            let p = key_path(&k).unwrap();
+            proptest::prop_assert!(p.starts_with(&prefix_path(&kind, ns.as_deref()).unwrap()));
+            proptest::prop_assert_eq!(parse_key_path(&p).unwrap(), k);
+        }
+    }
+
     #[test]
     fn rejects_bad_segments() {
         let e = key_path(&ObjectKey::new("Pod", Some("a/b"), "x")).unwrap_err();

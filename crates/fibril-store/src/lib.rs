@@ -117,6 +117,9 @@ impl WatchEvent {
     }
 }
 
+/// How agents and the operator hold a store.
+pub type SharedStore = std::sync::Arc<dyn Store>;
+
 /// Ordered watch events. An `Err` item is terminal (the stream ends after it):
 /// [`StoreError::Compacted`] means "relist and watch again".
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;

@@ -63,6 +63,26 @@ async fn server_restart_and_pid() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
 
+/// The store can be created before etcd runs; operations wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_before_etcd_is_up() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EtcdServerConfig::local(dir.path().join("data")).unwrap();
+    let store = EtcdStore::connect(vec![cfg.client_url.clone()], EtcdStoreOptions::default())
+        .await
+        .unwrap();
+    let op = tokio::spawn(async move {
+        store
+            .create(&common::key("Early", None, "e"), common::doc(1))
+            .await
+    });
+    let server = EtcdServer::start(cfg).unwrap();
+    let created = op.await.unwrap().unwrap();
+    assert!(created.mod_revision > 0);
+    drop(server);
+}
+
 #[test]
 fn start_failure_names_the_data_dir_and_shows_the_log() {
     let etcd = start_etcd();

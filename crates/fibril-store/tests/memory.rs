@@ -19,6 +19,11 @@ async fn crud() {
 }
 
 #[tokio::test]
+async fn concurrent_updates() {
+    common::concurrent_updates(&*store()).await;
+}
+
+#[tokio::test]
 async fn list_then_watch() {
     common::list_then_watch(&*store()).await;
 }

@@ -480,9 +480,43 @@ pub async fn typed(store: &dyn Store) {
     assert!(e.to_string().contains("Widget/team/bad"), "{e}");
 }
 
+/// Two writers increment one counter with read-modify-write and retry on
+/// conflict: no increment is lost.
+pub async fn concurrent_updates(store: &dyn Store) {
+    let k = key("Counter", Some("default"), "c");
+    store
+        .create(&k, json!({"metadata": {}, "n": 0}))
+        .await
+        .unwrap();
+    let per_writer = 25;
+    let writer = || async {
+        let mut conflicts = 0u32;
+        for _ in 0..per_writer {
+            loop {
+                let cur = store.get(&k).await.unwrap().unwrap();
+                // Let the other writer interleave between read and write.
+                tokio::task::yield_now().await;
+                let mut v = cur.value.clone();
+                v["n"] = json!(v["n"].as_u64().unwrap() + 1);
+                match store.update(&k, v, cur.mod_revision).await {
+                    Ok(_) => break,
+                    Err(StoreError::Conflict { .. }) => conflicts += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        conflicts
+    };
+    let (c1, c2) = tokio::join!(writer(), writer());
+    let end = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(end.value["n"], 2 * per_writer);
+    println!("concurrent updates: {} conflicts retried", c1 + c2);
+}
+
 /// Every case, on one store.
 pub async fn run_all(store: &dyn Store) {
     crud(store).await;
+    concurrent_updates(store).await;
     list_then_watch(store).await;
     ordered_events(store).await;
     namespace_filtering(store).await;
