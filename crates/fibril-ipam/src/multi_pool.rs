@@ -384,6 +384,7 @@ pub struct MultiPoolNode {
     pre_allocate: PreAllocation,
     release_grace: Duration,
     pools: BTreeMap<String, NodePool>,
+    known_pools: Option<BTreeSet<String>>,
 }
 
 impl Default for MultiPoolNode {
@@ -401,6 +402,22 @@ impl MultiPoolNode {
             pre_allocate,
             release_grace,
             pools,
+            known_pools: None,
+        }
+    }
+
+    /// Tells the node which pools exist (from the store). Once set, allocating from any
+    /// other pool fails with [`IpamError::UnknownPool`] instead of waiting for blocks.
+    pub fn set_known_pools<S: AsRef<str>>(&mut self, pools: impl IntoIterator<Item = S>) {
+        self.known_pools = Some(pools.into_iter().map(|p| p.as_ref().to_owned()).collect());
+    }
+
+    fn check_known(&self, pool: &str) -> Result<(), IpamError> {
+        match &self.known_pools {
+            Some(k) if !k.contains(pool) => Err(IpamError::UnknownPool {
+                pool: pool.to_owned(),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -496,6 +513,7 @@ impl MultiPoolNode {
     /// `range is full` and names the pool; call [`MultiPoolNode::set_pending`] so the next
     /// request asks for more.
     pub fn allocate(&mut self, pool: &str, owner: &str) -> Result<Ipv4Addr, IpamError> {
+        self.check_known(pool)?;
         self.ensure_pool(pool);
         let np = self.pool_mut(pool)?;
         np.alloc.allocate(owner).map_err(|e| match e {
@@ -511,6 +529,7 @@ impl MultiPoolNode {
 
     /// Allocates a specific address from `pool`.
     pub fn allocate_ip(&mut self, pool: &str, ip: Ipv4Addr, owner: &str) -> Result<(), IpamError> {
+        self.check_known(pool)?;
         self.pool_mut(pool)?.alloc.allocate_ip(ip, owner)
     }
 
@@ -761,6 +780,9 @@ mod tests {
             t0 + DEFAULT_RELEASE_GRACE + Duration::from_secs(1),
         );
         // Only the first vac pod stays -> one block.
+        w1.set_known_pools(["default", "vac", "no-engine"]);
+        let err = w1.allocate("typo", "default/x").unwrap_err();
+        assert_eq!(err.to_string(), "unknown IP pool \"typo\"");
         assert_eq!(m.node_allocations("w1")["vac"], vec![net("10.100.0.0/29")]);
         assert_eq!(w1.pool("vac").unwrap().cidrs(), vec![net("10.100.0.0/29")]);
         // The operator hands the freed block to someone else.
