@@ -1,1 +1,32 @@
 //! Loads, pins and attaches the eBPF programs; typed access to every map.
+//!
+//! - [`Datapath`] loads `bpf_lxc.o` / `bpf_host.o` (compiled by build.rs from
+//!   `bpf/`) with per-node constants ([`DatapathConfig`]), pins maps and TCX
+//!   links under the node's bpffs directory, attaches in the node's netns and
+//!   atomically replaces programs on restart.
+//! - [`Maps`] opens the pinned maps with typed wrappers ([`maps`]).
+//! - [`events`] decodes the ring buffer into [`Flow`]s.
+//! - [`testing`] has the packet builder and `BPF_PROG_TEST_RUN` harness and a
+//!   netns fixture for the datapath's (and its users') tests.
+
+pub mod bpffs;
+pub mod btf;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod loader;
+pub mod maps;
+pub mod netns;
+pub mod objects;
+pub mod testing;
+
+pub use config::{DatapathConfig, Device, Tunnel};
+pub use error::{DatapathError, Result};
+pub use events::{AsyncEventReader, EventReader, Flow, TcpFlags};
+pub use loader::{pinned_attachments, AttachOutcome, Datapath, DatapathOptions, PinnedAttachment};
+pub use maps::{
+    monotonic_ns, Conntrack, CtCounts, EventCounters, GcStats, HashTable, LpmTable, Maps,
+    MetricEntry, Metrics, Prefix4,
+};
+pub use netns::Netns;
+pub use objects::{Hook, Object, Prog};
