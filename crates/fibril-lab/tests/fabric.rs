@@ -7,7 +7,29 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fibril_lab::{netns_prefix, Fabric, LabError, LabState, Topology};
+use fibril_netlink::rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use fibril_netlink::{list_netns, NetNs};
+
+/// Netlink socket in the root namespace subscribed to link events
+/// (RTMGRP_LINK): lab links must never appear there, not even transiently.
+fn root_link_monitor() -> Socket {
+    let mut s = Socket::new(NETLINK_ROUTE).unwrap();
+    s.bind(&SocketAddr::new(0, 1)).unwrap();
+    s.set_non_blocking(true).unwrap();
+    s
+}
+
+fn drain(s: &Socket) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = s.recv(&mut &mut buf[..], 0) {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    all
+}
 
 fn lab_name(tag: &str) -> String {
     format!("t{}_{tag}", std::process::id())
@@ -109,6 +131,7 @@ fn lab_leftovers(lab: &str) -> Vec<String> {
 #[test]
 fn seed_4w_pings_across_router_and_leaves_nothing() {
     let before = root_snapshot();
+    let monitor = root_link_monitor();
     let lab = lab_name("s4w");
     let topo = Topology::builtin("seed-4w").unwrap();
     let fabric = Fabric::up_guarded(&topo, &lab).unwrap();
@@ -180,6 +203,13 @@ fn seed_4w_pings_across_router_and_leaves_nothing() {
     }
 
     assert_eq!(lab_leftovers(&lab), Vec::<String>::new());
+    let events = drain(&monitor);
+    for name in ["k8s-ctr-eth1", "k8s-w0-eth1", "router-eth2", "br-net20"] {
+        assert!(
+            !events.windows(name.len()).any(|w| w == name.as_bytes()),
+            "link {name} appeared in the root namespace"
+        );
+    }
     let after = root_snapshot();
     for ((cmd, b), (_, a)) in before.iter().zip(after.iter()) {
         assert_eq!(b, a, "root namespace changed: `{cmd}`");
