@@ -691,6 +691,23 @@ impl Topology {
     }
 }
 
+/// Fuzz entry point: parses and validates arbitrary bytes as a topology and
+/// never panics. Valid topologies must survive a YAML round trip; returns
+/// whether the input was a valid topology.
+pub fn fuzz_topology(data: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(data);
+    match Topology::from_yaml_str(&text, "fuzz") {
+        Ok(t) => {
+            // A valid topology serialises to YAML that parses back to itself.
+            matches!(Topology::from_yaml_str(&t.to_yaml(), "fuzz-roundtrip"), Ok(back) if back == t)
+        }
+        Err(e) => {
+            let _ = e.to_string();
+            false
+        }
+    }
+}
+
 /// Host and topology names: lowercase DNS-label style.
 fn check_name(at: &str, kind: &'static str, name: &str, max: usize) -> TopologyResult<()> {
     let reason = if name.is_empty() {
