@@ -143,7 +143,11 @@ impl ClusterPool {
     }
 
     /// Makes sure `node` holds blocks with at least `needed` usable addresses in total,
-    /// adding blocks as needed (multi-pool pre-allocation). Returns the node's blocks.
+    /// adding blocks as needed. Returns the node's blocks.
+    ///
+    /// Cluster-pool: the operator calls it with the `used + pending` the node reports, so
+    /// a node keeps its single block (as in the seeds) until it runs out, then gets another
+    /// while free blocks remain. Multi-pool calls it with [`crate::needed_ips`].
     /// On exhaustion the blocks added so far stay assigned.
     pub fn ensure_capacity(&mut self, node: &str, needed: u64) -> Result<&[Ipv4Net], IpamError> {
         let per_block = usable_per_block(self.mask_size());
