@@ -257,41 +257,76 @@ pub fn format_cidr_list(cidrs: &[Ipv4Net]) -> String {
         .join(" ")
 }
 
-/// Never-panicking entry point for fuzzing: runs every parser over `data` and, when a
-/// pool configuration parses, carves a few blocks from it. Returns how many items parsed,
-/// so the work is not optimised away.
-pub fn fuzz_config(data: &[u8]) -> usize {
+/// The `config view` form of auto-created pools, the inverse of
+/// [`parse_auto_create_pools`]: `default=ipv4-cidrs:172.20.0.0/16;ipv4-mask-size:28`.
+pub fn format_auto_create_pools(pools: &[PoolSpec]) -> String {
+    pools
+        .iter()
+        .map(|p| {
+            let cidrs: Vec<String> = p.cidrs.iter().map(ToString::to_string).collect();
+            format!(
+                "{}=ipv4-cidrs:{};ipv4-mask-size:{}",
+                p.name,
+                cidrs.join(","),
+                p.mask_size
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What [`fuzz_config`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FuzzOutcome {
+    /// Items that parsed (CIDRs, pools, blocks carved).
+    pub parsed: usize,
+    /// False if a value that parsed did not survive format-then-parse unchanged.
+    pub roundtrip_ok: bool,
+}
+
+/// Never-panicking entry point for fuzzing: runs every parser over `data` (as lossy
+/// UTF-8), checks that formatted output parses back to the same value, and, for
+/// `CIDRS|MASK` input, validates the pool and carves a few blocks from it.
+pub fn fuzz_config(data: &[u8]) -> FuzzOutcome {
     let text = String::from_utf8_lossy(data);
-    let mut n = 0;
-    n += parse_cidr("fuzz", &text).is_ok() as usize;
-    n += parse_mask_size("fuzz", &text).is_ok() as usize;
+    let mut out = FuzzOutcome {
+        parsed: 0,
+        roundtrip_ok: true,
+    };
+    out.parsed += usize::from(parse_cidr("fuzz", &text).is_ok());
+    out.parsed += usize::from(parse_mask_size("fuzz", &text).is_ok());
     if let Ok(list) = parse_cidr_list("fuzz", &text) {
-        n += list.len();
-        // Round-trip through the config view form.
+        out.parsed += list.len();
         if parse_cidr_list("fuzz", &format_cidr_list(&list))
             .ok()
             .as_ref()
             != Some(&list)
         {
-            n += 1000;
+            out.roundtrip_ok = false;
         }
     }
     if let Ok(pools) = parse_auto_create_pools(&text) {
-        n += pools.len();
+        out.parsed += pools.len();
+        if parse_auto_create_pools(&format_auto_create_pools(&pools))
+            .ok()
+            .as_ref()
+            != Some(&pools)
+        {
+            out.roundtrip_ok = false;
+        }
     }
-    // "CIDRS|MASK" exercises pool validation and carving.
     if let Some((c, m)) = text.split_once('|') {
         if let Ok((cidrs, mask)) = parse_pool_config("cidrs", c, "mask", m) {
             if let Ok(mut pool) = crate::ClusterPool::new(&cidrs, mask) {
                 for i in 0..4 {
                     if pool.allocate_node(&format!("n{i}")).is_ok() {
-                        n += 1;
+                        out.parsed += 1;
                     }
                 }
             }
         }
     }
-    n
+    out
 }
 
 #[cfg(test)]
@@ -407,6 +442,14 @@ mod tests {
         .unwrap();
         assert_eq!(pools.len(), 2);
         assert_eq!(pools[1].cidrs.len(), 2);
+        assert_eq!(
+            format_auto_create_pools(&pools[..1]),
+            "default=ipv4-cidrs:172.20.0.0/16;ipv4-mask-size:28"
+        );
+        assert_eq!(
+            parse_auto_create_pools(&format_auto_create_pools(&pools)).unwrap(),
+            pools
+        );
         assert!(parse_auto_create_pools("default=ipv4-cidrs:172.20.0.0/16").is_err());
         assert!(parse_auto_create_pools("Bad_Name=ipv4-cidrs:1.0.0.0/8;ipv4-mask-size:9").is_err());
     }
@@ -424,6 +467,7 @@ mod tests {
         ] {
             fuzz_config(s);
         }
-        assert!(fuzz_config(b"{172.20.42.0/28,172.20.84.0/28}|29") >= 3);
+        let out = fuzz_config(b"{172.20.42.0/28,172.20.84.0/28}|29");
+        assert!(out.parsed >= 3 && out.roundtrip_ok, "{out:?}");
     }
 }

@@ -17,7 +17,8 @@ fn corpus_replays_without_panic() {
         let path = entry.unwrap().path();
         if path.is_file() {
             let data = std::fs::read(&path).unwrap();
-            fuzz_config(&data);
+            let out = fuzz_config(&data);
+            assert!(out.roundtrip_ok, "{}: {out:?}", path.display());
             n += 1;
         }
     }
@@ -27,20 +28,20 @@ fn corpus_replays_without_panic() {
 proptest! {
     #[test]
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
-        fuzz_config(&data);
+        prop_assert!(fuzz_config(&data).roundtrip_ok);
     }
 
     #[test]
     fn config_shaped_strings_never_panic(
         s in r"[\{\[]?(([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}[, ]?){0,4}[\}\]]?(\|/?[0-9]{1,2})?"
     ) {
-        fuzz_config(s.as_bytes());
+        prop_assert!(fuzz_config(s.as_bytes()).roundtrip_ok);
     }
 
     #[test]
     fn pool_strings_never_panic(
         s in r"[a-z\-]{0,6}=(ipv4-cidrs:(([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2},?){0,3};?)?(ipv4-mask-size:[0-9]{0,2})?"
     ) {
-        fuzz_config(s.as_bytes());
+        prop_assert!(fuzz_config(s.as_bytes()).roundtrip_ok);
     }
 }
