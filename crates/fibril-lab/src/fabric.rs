@@ -57,8 +57,10 @@ pub struct DownReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostStatus {
     pub host: String,
-    /// `None` for the fabric namespace.
+    /// `None` for the fabric namespace and extra namespaces.
     pub kind: Option<HostKind>,
+    /// Made after `up` by [`Fabric::create_netns`].
+    pub extra: bool,
     pub netns: String,
     pub present: bool,
     /// Live IPv4 addresses (interface, address), `lo` excluded.
@@ -172,6 +174,8 @@ impl Fabric {
             created_at: now_unix(),
             complete: false,
             pid: std::process::id(),
+            extra_namespaces: Vec::new(),
+            processes: Vec::new(),
         };
         state.save()?;
 
@@ -317,6 +321,79 @@ impl Fabric {
     }
 }
 
+impl Fabric {
+    /// Prefix of every namespace of this lab (`fl-<lab>-`).
+    pub fn netns_prefix(&self) -> String {
+        netns_prefix(&self.state.lab)
+    }
+
+    /// Creates an extra namespace `fl-<lab>-<suffix>` (e.g. a pod's), recorded
+    /// in the lab state so `status` lists it and `down` removes it.
+    pub fn create_netns(&mut self, suffix: &str) -> LabResult<NetNs> {
+        let lab = self.state.lab.clone();
+        let name = netns_name(&lab, suffix);
+        if self.state.namespaces.iter().any(|r| r.netns == name) {
+            return Err(LabError::from(
+                crate::topology::TopologyError::InvalidName {
+                    at: "create_netns".into(),
+                    kind: "namespace",
+                    name,
+                    reason: "collides with a lab host namespace".into(),
+                },
+            ));
+        }
+        let _lock = LabLock::acquire(&lab)?;
+        let ns = NetNs::create(&name).map_err(nl_err(&lab, format!("create netns {name}")))?;
+        self.update_state(|st| {
+            if !st.extra_namespaces.contains(&name) {
+                st.extra_namespaces.push(name.clone());
+            }
+        })?;
+        Ok(ns)
+    }
+
+    /// Deletes an extra namespace made by [`Fabric::create_netns`], stopping
+    /// processes inside it first.
+    pub fn delete_netns(&mut self, suffix: &str) -> LabResult<()> {
+        let lab = self.state.lab.clone();
+        let name = netns_name(&lab, suffix);
+        let _lock = LabLock::acquire(&lab)?;
+        if let Ok(ns) = NetNs::open(&name) {
+            kill_processes_in(&ns).map_err(nl_err(&lab, format!("stop processes in {name}")))?;
+        }
+        NetNs::delete_by_name(&name).map_err(nl_err(&lab, format!("delete netns {name}")))?;
+        self.update_state(|st| st.extra_namespaces.retain(|n| *n != name))
+    }
+
+    /// Records a process (running anywhere) that `down` must stop.
+    pub fn track_process(&mut self, name: &str, pid: i32) -> LabResult<()> {
+        let start_time = crate::state::proc_start_time(pid).ok_or_else(|| LabError::Exec {
+            lab: self.state.lab.clone(),
+            host: "-".into(),
+            command: format!("track process {name} (pid {pid})"),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such process"),
+        })?;
+        let _lock = LabLock::acquire(&self.state.lab)?;
+        self.update_state(|st| {
+            st.processes.retain(|p| p.pid != pid);
+            st.processes.push(crate::state::ProcRecord {
+                name: name.to_string(),
+                pid,
+                start_time,
+            });
+        })
+    }
+
+    /// Re-reads the state file, applies `f`, saves it (lock held by caller).
+    fn update_state(&mut self, f: impl FnOnce(&mut LabState)) -> LabResult<()> {
+        let mut st = LabState::load(&self.state.lab)?.unwrap_or_else(|| self.state.clone());
+        f(&mut st);
+        st.save()?;
+        self.state = st;
+        Ok(())
+    }
+}
+
 /// Owns a lab and removes it on drop (never panics; failures are logged).
 #[derive(Debug)]
 pub struct FabricGuard {
@@ -343,6 +420,15 @@ impl std::ops::Deref for FabricGuard {
     fn deref(&self) -> &Fabric {
         // `fabric` is only None after `down`/`release`, which consume self.
         match &self.fabric {
+            Some(f) => f,
+            None => unreachable!("FabricGuard used after down/release"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for FabricGuard {
+    fn deref_mut(&mut self) -> &mut Fabric {
+        match &mut self.fabric {
             Some(f) => f,
             None => unreachable!("FabricGuard used after down/release"),
         }
@@ -388,8 +474,11 @@ fn remove_lock_file(lab: &str) {
 /// Teardown with the lab lock held.
 fn teardown_locked(lab: &str, remove_lock: bool) -> LabResult<DownReport> {
     let mut names: BTreeSet<String> = BTreeSet::new();
+    let mut tracked = Vec::new();
     if let Ok(Some(st)) = LabState::load(lab) {
         names.extend(st.namespaces.into_iter().map(|r| r.netns));
+        names.extend(st.extra_namespaces);
+        tracked = st.processes;
     }
     names.extend(prefixed_namespaces(lab)?);
     let mut report = DownReport {
@@ -397,6 +486,7 @@ fn teardown_locked(lab: &str, remove_lock: bool) -> LabResult<DownReport> {
         ..Default::default()
     };
     let mut failures = Vec::new();
+    report.killed_pids.extend(kill_tracked(&tracked));
     // Hosts before the fabric: kill workloads first, bridges go last.
     let fabric_ns = netns_name(lab, FABRIC_HOST);
     let mut ordered: Vec<String> = names.iter().filter(|n| **n != fabric_ns).cloned().collect();
@@ -439,6 +529,29 @@ fn teardown_locked(lab: &str, remove_lock: bool) -> LabResult<DownReport> {
             details: failures.join("; "),
         })
     }
+}
+
+/// Stops tracked processes that are still the same process (start time matches).
+fn kill_tracked(procs: &[crate::state::ProcRecord]) -> Vec<i32> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let me = std::process::id() as i32;
+    let same = |p: &crate::state::ProcRecord| {
+        p.pid != me && crate::state::proc_start_time(p.pid) == Some(p.start_time)
+    };
+    let live: Vec<&crate::state::ProcRecord> = procs.iter().filter(|p| same(p)).collect();
+    for p in &live {
+        tracing::info!(name = %p.name, pid = p.pid, "stopping tracked lab process");
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while live.iter().any(|p| same(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in live.iter().filter(|p| same(p)) {
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+    }
+    live.iter().map(|p| p.pid).collect()
 }
 
 /// SIGTERM, then SIGKILL, every process living in `ns` (never ourselves).
@@ -656,6 +769,7 @@ pub fn status(lab: Option<&str>) -> LabResult<Vec<LabStatus>> {
                 hosts.push(HostStatus {
                     host: r.host.clone(),
                     kind: r.kind,
+                    extra: false,
                     netns: r.netns.clone(),
                     present,
                     addresses,
@@ -667,6 +781,27 @@ pub fn status(lab: Option<&str>) -> LabResult<Vec<LabStatus>> {
             .as_ref()
             .map(|s| s.complete && hosts.iter().all(|h| h.present))
             .unwrap_or(false);
+        if let Some(st) = &st {
+            for n in &st.extra_namespaces {
+                listed.insert(n.clone());
+                let present = netns_exists(n);
+                let (addresses, links) = if present {
+                    live_view(n)
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                let host = n.strip_prefix(&netns_prefix(&l)).unwrap_or(n).to_string();
+                hosts.push(HostStatus {
+                    host,
+                    kind: None,
+                    extra: true,
+                    netns: n.clone(),
+                    present,
+                    addresses,
+                    links,
+                });
+            }
+        }
         out.push(LabStatus {
             lab: l.clone(),
             topology: st.as_ref().map(|s| s.topology.name.clone()),

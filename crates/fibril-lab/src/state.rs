@@ -64,6 +64,35 @@ pub struct LabState {
     pub complete: bool,
     /// PID of the process that ran `up`.
     pub pid: u32,
+    /// Namespaces added after `up` (e.g. pods) with [`crate::Fabric::create_netns`].
+    #[serde(default)]
+    pub extra_namespaces: Vec<String>,
+    /// Processes outside the lab namespaces that `down` must stop
+    /// ([`crate::Fabric::track_process`]).
+    #[serde(default)]
+    pub processes: Vec<ProcRecord>,
+}
+
+/// A process `down` stops. `start_time` (field 22 of `/proc/PID/stat`)
+/// guards against killing an unrelated process that reused the PID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRecord {
+    pub name: String,
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// Start time of `pid` in clock ticks since boot, if it is alive (zombies
+/// count as gone: they only wait for their parent to reap them).
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and ')': skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z") | Some("X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl LabState {
@@ -171,6 +200,14 @@ impl LabLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_start_time_is_readable() {
+        let me = std::process::id() as i32;
+        let t = proc_start_time(me).unwrap();
+        assert_eq!(proc_start_time(me), Some(t));
+        assert_eq!(proc_start_time(i32::MAX), None);
+    }
 
     #[test]
     fn lab_names() {

@@ -268,3 +268,43 @@ fn two_labs_coexist() {
     assert_eq!(lab_leftovers(&a_lab), Vec::<String>::new());
     assert_eventually_pings(&b, "k8s-ctr", "192.168.10.101");
 }
+
+#[test]
+fn extra_namespaces_and_tracked_processes_go_with_down() {
+    let lab = lab_name("extra");
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let mut fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+
+    let pod = fabric.create_netns("k8s-w1-pod1").unwrap();
+    assert_eq!(pod.name(), format!("fl-{lab}-k8s-w1-pod1"));
+    let st = fibril_lab::status(Some(&lab)).unwrap();
+    assert!(st[0].healthy);
+    assert!(st[0].stray_namespaces.is_empty());
+    assert!(st[0]
+        .hosts
+        .iter()
+        .any(|h| h.extra && h.host == "k8s-w1-pod1"));
+
+    // A process in the root namespace tracked by the lab, and one in the pod.
+    let mut root_child = Command::new("sleep").arg("300").spawn().unwrap();
+    fabric
+        .track_process("sleeper", root_child.id() as i32)
+        .unwrap();
+    let mut pod_child = pod.command("sleep").unwrap().arg("300").spawn().unwrap();
+
+    // Deleting an extra namespace also works on its own.
+    fabric.create_netns("tmp").unwrap();
+    fabric.delete_netns("tmp").unwrap();
+    assert!(!fibril_netlink::netns_exists(&format!("fl-{lab}-tmp")));
+
+    let report = fabric.down().unwrap();
+    assert!(report.namespaces.contains(&format!("fl-{lab}-k8s-w1-pod1")));
+    for child in [&mut root_child, &mut pod_child] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "tracked process survived down");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(lab_leftovers(&lab), Vec::<String>::new());
+}
