@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of every parser of untrusted input (crates/*/fuzz).
+# cargo-fuzz needs nightly compiler flags; on the stable toolchain they are
+# enabled with RUSTC_BOOTSTRAP=1 for the fuzz build only. `make test` does not
+# run this: it replays every checked-in corpus through the same entry points.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_TARGET=${FUZZ_SECONDS:-30}
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz from crates.io"
+  cargo install --locked cargo-fuzz
+fi
+
+for dir in crates/*/fuzz; do
+  [ -f "$dir/Cargo.toml" ] || continue
+  crate=$(dirname "$dir")
+  for target in $(cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+    echo "==> fuzz $crate $target for ${SECONDS_PER_TARGET}s"
+    (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" \
+      "fuzz/corpus/$target" -- -max_total_time="$SECONDS_PER_TARGET")
+  done
+done
