@@ -4,8 +4,15 @@
 //! Every resource the cluster store holds implements [`Resource`]; the store
 //! keys objects by [`ObjectKey`] (kind, namespace, name) and stores them as
 //! JSON, so one store serves core kinds (k8s-openapi types) and Fibril kinds alike.
+//!
+//! - [`core`]: the core kinds (k8s-openapi types: Pod, Deployment, ...).
+//! - [`fibril`]: the `fibril.io/v1` kinds (FibrilNode, FibrilPodIPPool, ...).
+//! - [`kind`]: [`Kind`], the closed set of modeled kinds, `cilium.io` aliases
+//!   and CLI resource names (`pods`/`po`, `ciliumnodes`/`cn`, ...).
+//! - [`manifest`]: [`parse_manifests`] into [`AnyObject`]s, store and output
+//!   conversions.
+//! - [`annotations`]: annotation keys (`ipam.fibril.io/ip-pool` and alias).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub mod annotations;
@@ -15,7 +22,7 @@ pub mod kind;
 pub mod manifest;
 
 pub use k8s_openapi;
-pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta as Meta};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 pub use crate::core::{
     ConfigMap, DaemonSet, Deployment, EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service,
@@ -83,5 +90,45 @@ impl std::fmt::Display for ObjectKey {
             Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
             None => write!(f, "{}/{}", self.kind, self.name),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_constants_match_kinds() {
+        fn check<T: ModeledKind>() {
+            assert_eq!(T::KIND, T::MODEL.as_str());
+            assert_eq!(T::API_VERSION, T::MODEL.api_version());
+            assert_eq!(T::NAMESPACED, T::MODEL.namespaced());
+        }
+        check::<Namespace>();
+        check::<Node>();
+        check::<Pod>();
+        check::<Deployment>();
+        check::<DaemonSet>();
+        check::<Service>();
+        check::<EndpointSlice>();
+        check::<ConfigMap>();
+        check::<NetworkPolicy>();
+        check::<FibrilNode>();
+        check::<FibrilPodIPPool>();
+        check::<FibrilLocalRedirectPolicy>();
+        check::<FibrilEndpoint>();
+        check::<FibrilIdentity>();
+        check::<FibrilNetworkPolicy>();
+    }
+
+    #[test]
+    fn keys_default_namespace_only_for_namespaced_kinds() {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        assert_eq!(pod.key(), ObjectKey::new("Pod", Some("default"), "p"));
+        let mut node = FibrilNode::new("n1", Default::default());
+        node.metadata.namespace = Some("ignored".into());
+        assert_eq!(node.key(), ObjectKey::new("FibrilNode", None, "n1"));
+        assert_eq!(node.key().to_string(), "FibrilNode/n1");
     }
 }

@@ -295,6 +295,13 @@ impl AnyObject {
     }
 }
 
+impl TryFrom<(ObjectKey, Value)> for AnyObject {
+    type Error = ApiError;
+    fn try_from((key, value): (ObjectKey, Value)) -> Result<Self, Self::Error> {
+        AnyObject::from_store(&key, value)
+    }
+}
+
 /// A kubectl-style `List` (`apiVersion: v1`, `kind: List`, `items`), what
 /// `get -o yaml|json` prints for more than one object.
 pub fn list_value(objects: &[AnyObject]) -> Result<Value, ApiError> {
