@@ -2,7 +2,9 @@
 //!
 //! Survival across the loading process: maps are pinned by name under the
 //! node's pin directory (`<pin_dir>/fibril_*`) and every TCX link is pinned
-//! under `<pin_dir>/links/<ifname>.<hook>.<program>`. A pinned link keeps
+//! under `<pin_dir>/links/<ifname>:<hook>:<program>` (bpffs forbids dots in
+//! names, so a `.` of the interface name is stored as `%2e`; interface names
+//! cannot contain `:`). A pinned link keeps
 //! its program attached after the process exits (also on kill -9). A new
 //! process loads fresh programs that reuse the pinned maps, then swaps each
 //! pinned link to the new program with `BPF_LINK_UPDATE`, which is atomic:
@@ -79,8 +81,21 @@ fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
+fn encode_ifname(ifname: &str) -> String {
+    ifname.replace('%', "%25").replace('.', "%2e")
+}
+
+fn decode_ifname(enc: &str) -> String {
+    enc.replace("%2e", ".").replace("%25", "%")
+}
+
 fn link_pin_path(pin_dir: &Path, ifname: &str, prog: Prog) -> PathBuf {
-    links_dir(pin_dir).join(format!("{ifname}.{}.{}", prog.hook().as_str(), prog.name()))
+    links_dir(pin_dir).join(format!(
+        "{}:{}:{}",
+        encode_ifname(ifname),
+        prog.hook().as_str(),
+        prog.name()
+    ))
 }
 
 /// Checks pinned maps against the layouts this binary was built with, so a
@@ -219,8 +234,8 @@ impl Datapath {
             }
         }
         let ifname_owned = ifname.to_string();
-        netns
-            .run(|| -> Result<(), String> {
+        let fd = netns
+            .run(|| -> Result<FdLink, String> {
                 let id = program
                     .attach_with_options(
                         &ifname_owned,
@@ -229,12 +244,11 @@ impl Datapath {
                     )
                     .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
                 let link = program.take_link(id).map_err(|e| e.to_string())?;
-                let fd: FdLink = link.try_into().map_err(|e| format!("{e}"))?;
-                fd.pin(&path)
-                    .map_err(|e| format!("pin {}: {e}", path.display()))?;
-                Ok(())
+                link.try_into().map_err(|e| format!("{e}"))
             })?
             .map_err(err)?;
+        fd.pin(&path)
+            .map_err(|e| err(format!("pin {}: {e}: {}", path.display(), source_chain(&e))))?;
         tracing::debug!(ifname, prog = prog.name(), "attached");
         Ok(AttachOutcome::Created)
     }
@@ -365,6 +379,27 @@ fn unpin_link(path: &Path) -> Result<()> {
     Ok(())
 }
 
+impl PinnedAttachment {
+    /// `(link id, program id)` of the pinned link: the link id stays across
+    /// a replacement, the program id changes.
+    pub fn ids(&self) -> Result<(u32, u32)> {
+        let pinned = PinnedLink::from_pin(&self.path).map_err(|e| {
+            DatapathError::io(
+                format!("open pinned link {}", self.path.display()),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let fd = FdLink::from(pinned);
+        let info = fd.info().map_err(|e| {
+            DatapathError::io(
+                format!("link info {}", self.path.display()),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        Ok((info.id(), info.program_id()))
+    }
+}
+
 /// Lists the pinned links of a node.
 pub fn pinned_attachments(pin_dir: &Path) -> Result<Vec<PinnedAttachment>> {
     let dir = links_dir(pin_dir);
@@ -376,8 +411,8 @@ pub fn pinned_attachments(pin_dir: &Path) -> Result<Vec<PinnedAttachment>> {
     let mut out = Vec::new();
     for entry in rd.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        // <ifname>.<hook>.<prog>; ifname may itself contain dots.
-        let mut parts = name.rsplitn(3, '.');
+        // <ifname>:<hook>:<prog>
+        let mut parts = name.rsplitn(3, ':');
         let (Some(prog), Some(hook), Some(ifname)) = (parts.next(), parts.next(), parts.next())
         else {
             continue;
@@ -389,11 +424,30 @@ pub fn pinned_attachments(pin_dir: &Path) -> Result<Vec<PinnedAttachment>> {
             continue;
         }
         out.push(PinnedAttachment {
-            ifname: ifname.to_string(),
+            ifname: decode_ifname(ifname),
             prog,
             path: entry.path(),
         });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        let dir = Path::new("/x");
+        for ifname in ["lxc1", "eth0.100", "a%b.c"] {
+            let p = link_pin_path(dir, ifname, Prog::FromNetdev);
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.contains('.'), "{name}");
+            let mut parts = name.rsplitn(3, ':');
+            assert_eq!(parts.next(), Some("cil_from_netdev"));
+            assert_eq!(parts.next(), Some("ingress"));
+            assert_eq!(parts.next().map(decode_ifname).as_deref(), Some(ifname));
+        }
+    }
 }

@@ -142,5 +142,7 @@ impl Drop for TestBed {
         if let Err(e) = Datapath::destroy(&self.pin_dir) {
             eprintln!("TestBed cleanup {}: {e}", self.pin_dir.display());
         }
+        // Only succeeds once the last bed is gone.
+        let _ = std::fs::remove_dir(TEST_PIN_ROOT);
     }
 }

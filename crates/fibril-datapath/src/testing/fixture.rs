@@ -50,6 +50,7 @@ pub fn privileged() -> bool {
 #[derive(Debug)]
 pub struct TestNetns {
     name: String,
+    owned: bool,
 }
 
 impl TestNetns {
@@ -57,9 +58,18 @@ impl TestNetns {
     pub fn new(tag: &str) -> Self {
         let name = unique_name(&format!("fibril-t-{tag}"));
         must(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ns.sh("ip link set lo up");
         ns
+    }
+
+    /// A handle on an existing `/run/netns/<name>` (e.g. a lab fabric
+    /// host) that is not deleted on drop.
+    pub fn existing(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     /// Namespace name (for `ip -n`).
@@ -128,13 +138,19 @@ impl TestNetns {
 
     /// MAC of an interface inside.
     pub fn mac(&self, ifname: &str) -> [u8; 6] {
-        let s = self.sh(&format!("cat /sys/class/net/{ifname}/address"));
-        parse_mac(s.trim()).unwrap_or_else(|| panic!("bad MAC {s:?} of {ifname}"))
+        // Not /sys/class/net: nsenter keeps the caller's sysfs.
+        let s = self.sh(&format!("ip -br link show dev {ifname}"));
+        s.split_whitespace()
+            .find_map(parse_mac)
+            .unwrap_or_else(|| panic!("no MAC in {s:?} of {ifname}"))
     }
 }
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stdout(Stdio::null())
@@ -249,6 +265,11 @@ impl TestPod {
         gw: std::net::Ipv4Addr,
     ) -> Self {
         let ns = TestNetns::new("pod");
+        // No IPv6: keeps router solicitations (dropped as unsupported L3)
+        // out of the events.
+        let _ = ns.sh_output(
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
+        );
         node.sh(&format!(
             "ip link add {host_if} type veth peer name eth0 netns {pod} && \
              ip link set {host_if} up && \
