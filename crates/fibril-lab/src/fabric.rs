@@ -183,11 +183,13 @@ impl Fabric {
             Ok(()) => {
                 state.complete = true;
                 state.save()?;
+                let plural =
+                    |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
                 progress(&format!(
-                    "lab {lab} is up: topology {}, {} hosts, {} networks ({} ms)",
+                    "lab {lab} is up: topology {}, {}, {} ({} ms)",
                     topology.name,
-                    topology.hosts().len(),
-                    topology.networks.len(),
+                    plural(topology.hosts().len(), "host"),
+                    plural(topology.networks.len(), "network"),
                     started.elapsed().as_millis()
                 ));
                 tracing::info!(lab, topology = %topology.name, "lab up");

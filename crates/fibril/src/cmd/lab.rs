@@ -108,6 +108,11 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("lab up --name {lab}"))?;
 
     let n = name_flag(&lab);
+    // Show the binary as it was invoked (e.g. target/release/fibril from `make lab`).
+    let bin = std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "fibril".to_string());
     let nodes = fabric.nodes();
     let first = nodes.first().cloned().unwrap_or_default();
     let peer_ip = nodes
@@ -120,22 +125,22 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| "127.0.0.1".into());
     println!();
     println!("How to explore:");
-    println!("  fibril lab exec {first}{n} -- ping -c1 {peer_ip}");
+    println!("  {bin} lab exec {first}{n} -- ping -c1 {peer_ip}");
     if let Some(r) = &fabric.topology().router {
         if let Some(lo) = r.loopbacks.first() {
             println!(
-                "  fibril lab exec {first}{n} -- ping -c1 {}    # {} {}",
+                "  {bin} lab exec {first}{n} -- ping -c1 {}    # {} {}",
                 lo.address.addr(),
                 r.name,
                 lo.name
             );
         }
-        println!("  fibril lab exec {}{n} -- ip -br addr", r.name);
+        println!("  {bin} lab exec {}{n} -- ip -br addr", r.name);
     }
-    println!("  fibril lab exec {first}{n} -- ip route");
-    println!("  fibril lab exec {first}{n} -- tcpdump -i eth1 -nn");
-    println!("  fibril lab status{n}");
-    println!("  fibril lab down{n}");
+    println!("  {bin} lab exec {first}{n} -- ip route");
+    println!("  {bin} lab exec {first}{n} -- tcpdump -i eth1 -nn");
+    println!("  {bin} lab status{n}");
+    println!("  {bin} lab down{n}");
     Ok(ExitCode::SUCCESS)
 }
 
