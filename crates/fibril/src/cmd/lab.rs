@@ -254,19 +254,13 @@ fn exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
         .command
         .split_first()
         .context("no command given after --")?;
-    let status = fabric
-        .command(&a.host, program)?
-        .args(args)
-        .status()
-        .with_context(|| format!("running {program:?} in {} of lab {lab}", a.host))?;
-    let code = match status.code() {
-        Some(c) => c,
-        None => {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
-        }
-    };
-    Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
+    let mut cmd = fabric.command(&a.host, program)?;
+    cmd.args(args);
+    // Replace this process (setns happens in the pre-exec hook): the exit
+    // code, signals and the terminal belong to CMD directly.
+    use std::os::unix::process::CommandExt;
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("running {program:?} in {} of lab {lab}", a.host))
 }
 
 fn now_unix() -> u64 {
