@@ -265,7 +265,23 @@ impl Netlink {
 
     /// The link named `name`, or `None`.
     pub fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
-        Ok(self.links()?.into_iter().find(|l| l.name == name))
+        self.rt.block_on(async {
+            let mut stream = self
+                .handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute();
+            match stream.try_next().await {
+                Ok(msg) => Ok(msg.map(|m| link_info(&m))),
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+                Err(e) => Err(NetlinkError::nl(
+                    &self.ns,
+                    format!("look up link {name}"),
+                    e,
+                )),
+            }
+        })
     }
 
     /// Interface index of `name`; [`NetlinkError::LinkNotFound`] if absent.
