@@ -40,7 +40,12 @@ fn main() {
     let lab = format!("bench{}", std::process::id());
     let mut ups = Vec::new();
     let mut downs = Vec::new();
-    for _ in 0..iterations {
+    for round in 0..iterations {
+        if round > 0 {
+            // The kernel frees deleted namespaces asynchronously; let that
+            // settle (untimed) so each `up` is measured as a user sees it.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
         let t0 = Instant::now();
         let fabric = match Fabric::up(&topo, &lab) {
             Ok(f) => f,
@@ -57,6 +62,14 @@ fn main() {
         }
         downs.push(t1.elapsed().as_secs_f64() * 1e3);
     }
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("(up ms per round: {})", show(&ups));
+    println!("(down ms per round: {})", show(&downs));
     println!("lab_up_seed4w_ms {:.1} ms", median(&mut ups));
     println!("lab_down_seed4w_ms {:.1} ms", median(&mut downs));
     println!("(iterations: {iterations})");
