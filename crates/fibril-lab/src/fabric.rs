@@ -45,7 +45,7 @@ pub struct Fabric {
 }
 
 /// What `down` removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DownReport {
     pub lab: String,
     pub namespaces: Vec<String>,
@@ -54,7 +54,7 @@ pub struct DownReport {
 }
 
 /// One host (or the fabric) in [`LabStatus`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HostStatus {
     pub host: String,
     /// `None` for the fabric namespace and extra namespaces.
@@ -70,7 +70,7 @@ pub struct HostStatus {
 }
 
 /// What `status` reports per lab.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LabStatus {
     pub lab: String,
     /// Topology name, if the state file is readable.

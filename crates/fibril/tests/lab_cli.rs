@@ -62,6 +62,16 @@ fn lab_up_status_exec_down() {
         assert!(out.contains(want), "status lacks {want:?}:\n{out}");
     }
 
+    let js = fibril(&["lab", "status", "--name", &lab, "-o", "json"]);
+    assert!(js.status.success(), "{}", text(&js));
+    let v: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap();
+    assert_eq!(v[0]["lab"], lab.as_str());
+    assert_eq!(v[0]["healthy"], true);
+    let hosts = v[0]["hosts"].as_array().unwrap();
+    assert!(hosts
+        .iter()
+        .any(|h| h["host"] == "router" && h["addresses"].to_string().contains("10.10.2.200/24")));
+
     let ping = fibril(&[
         "lab",
         "exec",

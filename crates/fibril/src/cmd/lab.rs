@@ -56,6 +56,16 @@ pub struct StatusArgs {
     /// Only this lab (default: every lab found).
     #[arg(long, short = 'n', env = "FIBRIL_LAB")]
     pub name: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: StatusFormat,
+}
+
+/// `fibril lab status -o`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
 }
 
 /// `fibril lab exec` arguments.
@@ -167,6 +177,10 @@ fn down(a: NameArg) -> anyhow::Result<ExitCode> {
 
 fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let labs = fibril_lab::status(a.name.as_deref()).context("lab status")?;
+    if let StatusFormat::Json = a.output {
+        println!("{}", serde_json::to_string_pretty(&labs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if labs.is_empty() {
         println!("no labs (start one with `fibril lab up`)");
         return Ok(ExitCode::SUCCESS);
