@@ -179,10 +179,12 @@ impl Fabric {
         };
         state.save()?;
 
-        match build(&state, progress) {
+        let built = build(&state, progress).and_then(|()| {
+            state.complete = true;
+            state.save()
+        });
+        match built {
             Ok(()) => {
-                state.complete = true;
-                state.save()?;
                 let plural =
                     |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
                 progress(&format!(
@@ -197,7 +199,7 @@ impl Fabric {
             }
             Err(e) => {
                 tracing::warn!(lab, error = %e, "lab up failed; removing what was built");
-                if let Err(e2) = teardown_locked(lab, false) {
+                if let Err(e2) = teardown_locked(lab, true) {
                     tracing::error!(lab, error = %e2, "cleanup after failed lab up");
                 }
                 Err(e)

@@ -308,3 +308,22 @@ fn extra_namespaces_and_tracked_processes_go_with_down() {
     }
     assert_eq!(lab_leftovers(&lab), Vec::<String>::new());
 }
+
+#[test]
+fn failed_up_names_the_step_and_removes_everything() {
+    let lab = lab_name("fail");
+    let mut topo = Topology::builtin("seed-3w").unwrap();
+    // Passes validation, but the kernel refuses it: the connected route exists.
+    topo.nodes[1].routes.push(fibril_lab::StaticRoute {
+        to: "192.168.10.0/24".parse().unwrap(),
+        via: Some("192.168.10.200".parse().unwrap()),
+        dev: None,
+        onlink: false,
+    });
+    let err = Fabric::up(&topo, &lab).unwrap_err().to_string();
+    assert!(
+        err.contains("k8s-w1") && err.contains("192.168.10.0/24") && err.contains(&lab),
+        "{err}"
+    );
+    assert_eq!(lab_leftovers(&lab), Vec::<String>::new());
+}
