@@ -342,7 +342,8 @@ pub fn from_store<T: Resource>(value: Value) -> Result<T, ManifestError> {
 }
 
 /// Parses a stream of YAML documents (`---` separated; JSON works too).
-/// Empty documents are skipped; the first bad document stops the parse.
+/// Empty documents are skipped; a `v1` `List` yields its items; the first
+/// bad document stops the parse.
 pub fn parse_manifests(text: &str) -> Result<Vec<AnyObject>, ManifestError> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -358,7 +359,8 @@ pub fn parse_manifests(text: &str) -> Result<Vec<AnyObject>, ManifestError> {
         if value.is_null() {
             continue;
         }
-        out.push(object_from_yaml(document, value)?);
+        let json = yaml_to_json(document, value)?;
+        push_objects(document, json, &mut out)?;
     }
     Ok(out)
 }
@@ -379,7 +381,47 @@ pub fn parse_manifests_bytes(bytes: &[u8]) -> Result<Vec<AnyObject>, ManifestErr
     }
 }
 
-fn object_from_yaml(document: usize, value: serde_yaml::Value) -> Result<AnyObject, ManifestError> {
+/// A `v1` `List` (what `get -o yaml` prints for several objects) stands for
+/// its items; anything else is one object.
+fn push_objects(
+    document: usize,
+    value: Value,
+    out: &mut Vec<AnyObject>,
+) -> Result<(), ManifestError> {
+    let is_list = value.get("apiVersion").and_then(Value::as_str) == Some("v1")
+        && value.get("kind").and_then(Value::as_str) == Some("List");
+    if !is_list {
+        out.push(object_from_value(document, value)?);
+        return Ok(());
+    }
+    let items = match value.get("items") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => {
+            return Err(ManifestError {
+                document,
+                kind: Some("List".to_string()),
+                name: None,
+                field: Some("items".to_string()),
+                reason: ManifestErrorReason::InvalidField,
+                message: "items must be a sequence of objects".to_string(),
+            })
+        }
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let obj = object_from_value(document, item).map_err(|mut e| {
+            e.field = Some(match e.field.take() {
+                Some(f) => format!("items[{i}].{f}"),
+                None => format!("items[{i}]"),
+            });
+            e
+        })?;
+        out.push(obj);
+    }
+    Ok(())
+}
+
+fn yaml_to_json(document: usize, value: serde_yaml::Value) -> Result<Value, ManifestError> {
     let (kind, name) = peek_kind_name_yaml(&value);
     let base = |reason, field: Option<String>, message: String| ManifestError {
         document,
@@ -401,14 +443,13 @@ fn object_from_yaml(document: usize, value: serde_yaml::Value) -> Result<AnyObje
     }
     // The typed path works on JSON so YAML input and stored objects go
     // through one code path; keys that JSON cannot hold are reported here.
-    let json = serde_json::to_value(&value).map_err(|e| {
+    serde_json::to_value(&value).map_err(|e| {
         base(
             ManifestErrorReason::InvalidField,
             None,
             format!("not representable as a Kubernetes object: {e}"),
         )
-    })?;
-    object_from_value(document, json)
+    })
 }
 
 fn peek_kind_name_yaml(value: &serde_yaml::Value) -> (Option<String>, Option<String>) {
@@ -511,6 +552,13 @@ fn object_from_value(document: usize, mut value: Value) -> Result<AnyObject, Man
             ))
         }
     };
+    if api_version == "v1" && kind == "List" {
+        return Err(err(
+            ManifestErrorReason::InvalidField,
+            Some("kind"),
+            "a List is not an object (Lists only appear at the top of a document)".to_string(),
+        ));
+    }
     let model = Kind::resolve(&api_version, &kind).map_err(|e| {
         let reason = match e {
             ResolveError::UnknownApiVersion { .. } => ManifestErrorReason::UnknownApiVersion,

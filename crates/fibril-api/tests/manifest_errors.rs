@@ -253,3 +253,23 @@ fn store_kind_mismatch_is_reported() {
     let e = AnyObject::from_store(&wrong, value).unwrap_err();
     assert!(e.to_string().contains("Pod"), "{e}");
 }
+
+#[test]
+fn lists_yield_their_items() {
+    let objs = parse_manifests(&format!("{POD}---\n{POD}")).unwrap();
+    let listed = serde_json::to_string(&fibril_api::list_value(&objs).unwrap()).unwrap();
+    assert_eq!(parse_manifests(&listed).unwrap(), objs);
+
+    let e = err("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: a\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: b\n  spec:\n    containers: 3\n");
+    assert_eq!(e.field.as_deref(), Some("items[1].spec.containers"));
+    assert_eq!(e.name.as_deref(), Some("b"));
+    assert!(parse_manifests("apiVersion: v1\nkind: List\nitems: []\n")
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn nested_lists_are_rejected() {
+    let e = err("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  metadata:\n    name: x\n  items: []\n");
+    assert_eq!(e.field.as_deref(), Some("items[0].kind"));
+}
