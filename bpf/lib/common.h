@@ -75,6 +75,8 @@ struct fibril_config {
 	__u32 cluster_id;
 	__u8 node_mac[6];          /* MAC of the underlay device */
 	__u8 pad1[2];
+	__u16 snat_port_min;       /* nat.h: SNAT port / ICMP id range, host */
+	__u16 snat_port_max;       /* order (0 = 32768..60999) */
 };
 
 volatile const struct fibril_config fibril_config = {

@@ -94,6 +94,10 @@ abi_structs! {
         pub node_mac: [u8; 6],
         /// Padding.
         pub pad1: [u8; 2],
+        /// Lowest SNAT port / ICMP id (host order; 0 = default range).
+        pub snat_port_min: u16,
+        /// Highest SNAT port / ICMP id (host order).
+        pub snat_port_max: u16,
     }
 
     /// `fibril_endpoints` key.

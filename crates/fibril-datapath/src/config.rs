@@ -85,6 +85,8 @@ pub struct DatapathConfig {
     pub pod_mtu: u32,
     /// Cluster id.
     pub cluster_id: u32,
+    /// SNAT port / ICMP id range for masquerading (inclusive).
+    pub snat_port_range: (u16, u16),
 }
 
 impl Default for DatapathConfig {
@@ -106,6 +108,7 @@ impl Default for DatapathConfig {
             events_rate_limit: 100_000,
             pod_mtu: 1500,
             cluster_id: 0,
+            snat_port_range: (32768, 60999),
         }
     }
 }
@@ -134,6 +137,13 @@ impl DatapathConfig {
             return Err(DatapathError::Config {
                 field: "tunnel",
                 reason: "tunnel port 0".into(),
+            });
+        }
+        let (snat_min, snat_max) = self.snat_port_range;
+        if snat_min == 0 || snat_min > snat_max {
+            return Err(DatapathError::Config {
+                field: "snat_port_range",
+                reason: format!("{snat_min}-{snat_max}: need 1 <= min <= max"),
             });
         }
         let mut feats = 0;
@@ -172,6 +182,8 @@ impl DatapathConfig {
             cluster_id: self.cluster_id,
             node_mac: self.node_mac,
             pad1: [0; 2],
+            snat_port_min: snat_min,
+            snat_port_max: snat_max,
         })
     }
 }

@@ -14,8 +14,10 @@ pub mod btf;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod ipmasq;
 pub mod loader;
 pub mod maps;
+pub mod nat;
 pub mod netns;
 pub mod objects;
 pub mod testing;
@@ -28,5 +30,6 @@ pub use maps::{
     monotonic_ns, Conntrack, CtCounts, EventCounters, GcStats, HashTable, LpmTable, Maps,
     MetricEntry, Metrics, Prefix4,
 };
+pub use nat::{Nat, NatDir, NatEntry, NatTimeouts};
 pub use netns::Netns;
 pub use objects::{Hook, Object, Prog};

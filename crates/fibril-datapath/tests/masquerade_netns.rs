@@ -1,0 +1,197 @@
+//! Masquerading with real traffic (root): a seed-3w fabric, the datapath on
+//! k8s-ctr with `bpf.masquerade`, pods curling / pinging the router's
+//! 10.10.1.200 (outside the cluster). Captures on the router show the node
+//! IP as source; with 10.10.0.0/16 prefixes in ip-masq-agent the pod IP
+//! stays, and replies only come back once the router routes the pod CIDR.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use common::{lab_name, TestNode};
+use fibril_datapath::ipmasq::{self, IpMasqConfig};
+use fibril_datapath::nat::NatDir;
+use fibril_datapath::testing::fixture::{ChildGuard, TestNetns};
+use fibril_datapath::{monotonic_ns, DatapathConfig, Nat};
+use fibril_lab::{netns_name, Fabric, Topology};
+
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 200);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 100);
+
+fn capture(router: &TestNetns, filter: &str) -> ChildGuard {
+    let cap = router.spawn(&format!("tcpdump -i eth1 -nn -l {filter}"));
+    std::thread::sleep(Duration::from_millis(700)); // tcpdump start-up, not an assertion
+    cap
+}
+
+fn stop(cap: ChildGuard) -> String {
+    std::thread::sleep(Duration::from_millis(300)); // let the last lines out
+    let (out, _) = cap.finish();
+    out
+}
+
+fn curl(pod: &TestNetns, extra: &str, max_time: u32) -> (bool, String) {
+    let out = pod.sh_output(&format!(
+        "curl -s --max-time {max_time} {extra} http://{REMOTE}/"
+    ));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = lab_name("masq");
+    let fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let router = TestNetns::existing(&netns_name(&lab, "router"));
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("index.html"), "hello-from-router\n").unwrap();
+    let _httpd = router.spawn(&format!(
+        "busybox httpd -f -p 80 -h {}",
+        www.path().display()
+    ));
+
+    let mut ctr = TestNode::in_netns(
+        &netns_name(&lab, "k8s-ctr"),
+        NODE,
+        Ipv4Addr::new(10, 244, 0, 1),
+    );
+    let cfg = DatapathConfig {
+        masquerade: true,
+        ..ctr.config()
+    };
+    ctr.load(cfg);
+    let (a_ip, b_ip) = (Ipv4Addr::new(10, 244, 0, 10), Ipv4Addr::new(10, 244, 0, 11));
+    let a = ctr.add_pod("lxca", a_ip, 1000);
+    let b = ctr.add_pod("lxcb", b_ip, 2000);
+
+    // 1. curl + ping to the router address: the router sees the node IP.
+    let cap = capture(&router, "tcp port 80 or icmp");
+    let mut ok = false;
+    for _ in 0..20 {
+        // first attempts may race the httpd start-up
+        let (s, body) = curl(&ctr.pod(a).ns, "", 3);
+        if s && body.contains("hello-from-router") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "pod A curls {REMOTE}");
+    let ping = ctr
+        .pod(a)
+        .ns
+        .sh_output(&format!("ping -c 2 -i 0.2 -W 2 {REMOTE}"));
+    assert!(ping.status.success(), "pod A pings {REMOTE}");
+    let wire = stop(cap);
+    eprintln!("router eth1 (masquerading):\n{wire}");
+    assert!(
+        wire.contains(&format!("IP {NODE}."))
+            && wire.contains(&format!("> {REMOTE}.80: Flags [S]")),
+        "SYN from the node IP: {wire}"
+    );
+    assert!(
+        wire.contains(&format!("{NODE} > {REMOTE}: ICMP echo request")),
+        "ping from the node IP: {wire}"
+    );
+    assert!(
+        !wire.contains(&a_ip.to_string()),
+        "pod IP never on the wire: {wire}"
+    );
+    let nat = Nat::open(&ctr.pin_dir).unwrap();
+    let listing = nat.list(monotonic_ns()).unwrap();
+    eprintln!("bpf nat list:\n{listing}");
+    assert!(listing.contains(&format!("TCP OUT {a_ip}:")));
+    assert!(listing.contains(&format!("XLATE_SRC {NODE}:")));
+    assert!(listing.contains(&format!("ICMP IN {REMOTE}:")));
+
+    // 2. Two pods, same source port, same destination, concurrently.
+    let cap = capture(&router, "tcp port 80 and 'tcp[tcpflags] & tcp-syn != 0'");
+    let ca = ctr.pod(a).ns.spawn(&format!(
+        "curl -s --max-time 5 --local-port 40000 http://{REMOTE}/"
+    ));
+    let cb = ctr.pod(b).ns.spawn(&format!(
+        "curl -s --max-time 5 --local-port 40000 http://{REMOTE}/"
+    ));
+    let (sa, oa, ea) = ca.wait();
+    let (sb, ob, eb) = cb.wait();
+    let wire = stop(cap);
+    eprintln!("router eth1 (two pods, port 40000):\n{wire}");
+    assert!(sa && oa.contains("hello-from-router"), "pod A: {oa} {ea}");
+    assert!(sb && ob.contains("hello-from-router"), "pod B: {ob} {eb}");
+    let entries = nat.entries().unwrap();
+    let port_of = |pod: Ipv4Addr| {
+        entries
+            .iter()
+            .find(|e| {
+                e.dir == NatDir::Out
+                    && e.src == SocketAddrV4::new(pod, 40000)
+                    && e.dst == SocketAddrV4::new(REMOTE, 80)
+            })
+            .map(|e| e.xlate.port())
+            .unwrap()
+    };
+    let (pa, pb) = (port_of(a_ip), port_of(b_ip));
+    eprintln!("node ports: pod A {pa}, pod B {pb}");
+    assert_ne!(pa, pb);
+    for p in [pa, pb] {
+        assert!(
+            wire.contains(&format!("{NODE}.{p} > {REMOTE}.80: Flags [S]")),
+            "SYN from node port {p}: {wire}"
+        );
+    }
+
+    // 3. ip-masq-agent with the seeds' nonMasqueradeCIDRs: the pod IP stays;
+    // without a route back on the router the SYN gets no answer.
+    let masq =
+        IpMasqConfig::parse(r#"{"nonMasqueradeCIDRs":["10.10.1.0/24","10.10.2.0/24"]}"#).unwrap();
+    let mut map = ctr.maps().ipmasq().unwrap();
+    ipmasq::sync(&mut map, &ipmasq::desired_prefixes(true, &masq)).unwrap();
+    let listing = ipmasq::format_list(&ipmasq::PrefixStore::prefixes(&map).unwrap());
+    eprintln!("bpf ipmasq list:\n{listing}");
+    assert_eq!(
+        listing,
+        "IP PREFIX/ADDRESS\n10.10.1.0/24\n10.10.2.0/24\n169.254.0.0/16\n"
+    );
+    let cap = capture(&router, "tcp port 80");
+    let (s, _) = curl(&ctr.pod(a).ns, "", 2);
+    let wire = stop(cap);
+    eprintln!("router eth1 (ipmasq, no route back):\n{wire}");
+    assert!(!s, "no reply without a route to the pod CIDR");
+    assert!(
+        wire.contains(&format!("IP {a_ip}."))
+            && wire.contains(&format!("> {REMOTE}.80: Flags [S]")),
+        "SYN with the pod IP reaches the router: {wire}"
+    );
+    assert!(
+        !wire.contains(&format!("{REMOTE}.80 > {a_ip}")),
+        "no SYN-ACK on eth1"
+    );
+
+    router.sh("ip route add 10.244.0.0/24 via 192.168.10.100");
+    let cap = capture(&router, "tcp port 80");
+    let (s, body) = curl(&ctr.pod(a).ns, "", 5);
+    let wire = stop(cap);
+    eprintln!("router eth1 (ipmasq, route back):\n{wire}");
+    assert!(
+        s && body.contains("hello-from-router"),
+        "curl with route back"
+    );
+    assert!(
+        wire.contains(&format!("{REMOTE}.80 > {a_ip}.")),
+        "reply to the pod IP: {wire}"
+    );
+    assert!(
+        !wire.contains(&format!("IP {NODE}.")),
+        "not masqueraded: {wire}"
+    );
+    router.sh("ip route del 10.244.0.0/24 via 192.168.10.100");
+
+    drop(ctr);
+    fabric.down().unwrap();
+}

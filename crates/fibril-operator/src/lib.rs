@@ -1,0 +1,1 @@
+//! Fibril operator (work in progress).
