@@ -20,9 +20,10 @@
 /* ---- Sizes ---------------------------------------------------------- */
 #define CT4_MAX_ENTRIES 65536
 #define NAT4_MAX_ENTRIES 65536
-#define LB4_SERVICES_MAX 65536
+#define LB4_SERVICES_MAX 262144 /* slot 0 + one entry per backend slot */
 #define LB4_BACKENDS_MAX 131072
 #define LB4_REVNAT_MAX 65536
+#define LB4_SNAT_MAX 65536
 #define IPCACHE_MAX 16384
 #define ENDPOINTS_MAX 4096
 #define IPMASQ_MAX 64
@@ -257,6 +258,30 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, PIN_BY_NAME);
 } fibril_lb4_reverse_nat SEC(".maps");
+
+/* NodePort/LoadBalancer SNAT state for remote backends (lb.h). Key: a
+ * ct4_key with flags LB4_SNAT_FWD for the client -> frontend tuple, or
+ * LB4_SNAT_REV for the backend -> node_ip:snat_port reply tuple. */
+#define LB4_SNAT_FWD 0
+#define LB4_SNAT_REV 1
+
+struct lb4_snat_value {
+	__be32 to_addr;      /* FWD: backend; REV: client */
+	__be16 to_port;      /* FWD: backend port; REV: client port */
+	__be16 snat_port;    /* FWD: allocated source port on node_ip */
+	__be32 front_addr;   /* REV: frontend address restored as source */
+	__be16 front_port;   /* REV: frontend port */
+	__u16 rev_nat_index; /* host order */
+	__u64 last_seen;     /* bpf_ktime_get_ns() */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct4_key);
+	__type(value, struct lb4_snat_value);
+	__uint(max_entries, LB4_SNAT_MAX);
+	__uint(pinning, PIN_BY_NAME);
+} fibril_lb4_snat SEC(".maps");
 
 /* ---- Policy (later issue): per endpoint, per peer identity ------------ */
 struct policy_key {

@@ -274,10 +274,20 @@ pub mod backend_flags {
 
 /// `LB_SCOPE_*` of [`crate::Lb4Key::scope`].
 pub mod lb_scope {
-    /// External scope (all backends).
+    /// External scope: the backends for traffic from outside (only the
+    /// node-local ones under eTP=Local); the only scope of most services.
     pub const EXT: u8 = 0;
-    /// Internal scope (node-local backends, eTP=Local).
+    /// Internal scope of a two-scope (eTP=Local) service: the backends for
+    /// in-cluster traffic (all of them).
     pub const INT: u8 = 1;
+}
+
+/// `LB4_SNAT_*` in [`crate::Ct4Key::flags`] of `fibril_lb4_snat` keys.
+pub mod lb4_snat_dir {
+    /// Client -> frontend tuple (value: backend and SNAT port).
+    pub const FWD: u8 = 0;
+    /// Backend -> node IP:SNAT port reply tuple (value: client, frontend).
+    pub const REV: u8 = 1;
 }
 
 /// `POLICY_F_*`.

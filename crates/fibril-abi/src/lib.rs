@@ -41,6 +41,8 @@ pub mod map_names {
     pub const LB4_BACKENDS: &str = "fibril_lb4_backends";
     /// Reverse-NAT index -> frontend.
     pub const LB4_REVERSE_NAT: &str = "fibril_lb4_reverse_nat";
+    /// NodePort SNAT state for remote backends (LRU).
+    pub const LB4_SNAT: &str = "fibril_lb4_snat";
     /// Per-endpoint policy.
     pub const POLICY: &str = "fibril_policy";
     /// Ring buffer of flow events.
@@ -60,6 +62,7 @@ pub mod map_names {
         LB4_SERVICES,
         LB4_BACKENDS,
         LB4_REVERSE_NAT,
+        LB4_SNAT,
         POLICY,
         EVENTS,
         EVENTS_RL,
@@ -74,11 +77,13 @@ pub mod map_sizes {
     /// `fibril_nat4`.
     pub const NAT4: u32 = 65536;
     /// `fibril_lb4_services`.
-    pub const LB4_SERVICES: u32 = 65536;
+    pub const LB4_SERVICES: u32 = 262144;
     /// `fibril_lb4_backends`.
     pub const LB4_BACKENDS: u32 = 131072;
     /// `fibril_lb4_reverse_nat`.
     pub const LB4_REVERSE_NAT: u32 = 65536;
+    /// `fibril_lb4_snat`.
+    pub const LB4_SNAT: u32 = 65536;
     /// `fibril_ipcache`.
     pub const IPCACHE: u32 = 16384;
     /// `fibril_endpoints`.

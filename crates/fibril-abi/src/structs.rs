@@ -292,6 +292,25 @@ abi_structs! {
         pub pad: u16,
     }
 
+    /// `fibril_lb4_snat` value (key: a [`Ct4Key`] with
+    /// [`crate::lb4_snat_dir`] in flags).
+    "lb4_snat_value" => pub struct Lb4SnatValue {
+        /// FWD: backend address; REV: client address (network order).
+        pub to_addr: u32,
+        /// FWD: backend port; REV: client port (network order).
+        pub to_port: u16,
+        /// FWD: the allocated source port on the node IP (network order).
+        pub snat_port: u16,
+        /// REV: frontend address restored as source (network order).
+        pub front_addr: u32,
+        /// REV: frontend port (network order).
+        pub front_port: u16,
+        /// Reverse-NAT index (host order).
+        pub rev_nat_index: u16,
+        /// Last use (ktime ns).
+        pub last_seen: u64,
+    }
+
     /// `fibril_policy` key.
     "policy_key" => pub struct PolicyKey {
         /// Peer identity (0 = any).

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod ipmasq;
+pub mod lb;
 pub mod loader;
 pub mod maps;
 pub mod nat;
@@ -25,6 +26,7 @@ pub mod testing;
 pub use config::{DatapathConfig, Device, Tunnel};
 pub use error::{DatapathError, Result};
 pub use events::{AsyncEventReader, EventReader, Flow, TcpFlags};
+pub use lb::{BackendSpec, Frontend, LbDump, LoadBalancer, ServiceSpec, ServiceType};
 pub use loader::{pinned_attachments, AttachOutcome, Datapath, DatapathOptions, PinnedAttachment};
 pub use maps::{
     monotonic_ns, Conntrack, CtCounts, EventCounters, GcStats, HashTable, LpmTable, Maps,

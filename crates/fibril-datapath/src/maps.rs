@@ -34,6 +34,7 @@ pub fn expected_sizes(name: &str) -> Option<(u32, u32)> {
         map_names::LB4_SERVICES => kv::<Lb4Key, Lb4Service>(),
         map_names::LB4_BACKENDS => kv::<Lb4BackendKey, Lb4Backend>(),
         map_names::LB4_REVERSE_NAT => kv::<Lb4ReverseNatKey, Lb4ReverseNat>(),
+        map_names::LB4_SNAT => kv::<Ct4Key, fibril_abi::Lb4SnatValue>(),
         map_names::POLICY => kv::<PolicyKey, PolicyValue>(),
         map_names::EVENTS => Some((0, 0)),
         map_names::EVENTS_RL => kv::<u32, EventsRlState>(),
