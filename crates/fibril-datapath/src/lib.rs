@@ -22,6 +22,7 @@ pub mod nat;
 pub mod netns;
 pub mod objects;
 pub mod testing;
+pub mod tunnel;
 
 pub use config::{DatapathConfig, Device, Tunnel};
 pub use error::{DatapathError, Result};
@@ -35,3 +36,4 @@ pub use maps::{
 pub use nat::{Nat, NatDir, NatEntry, NatTimeouts};
 pub use netns::Netns;
 pub use objects::{Hook, Object, Prog};
+pub use tunnel::{Encapsulated, TunnelRoute, ENCAP_OVERHEAD, GENEVE_PORT, VXLAN_PORT};
