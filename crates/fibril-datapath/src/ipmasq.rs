@@ -178,6 +178,23 @@ impl IpMasqConfig {
         Ok(cfg)
     }
 
+    /// Config from already-parsed values (e.g. fibril-config's
+    /// `IpMasqAgentConfig { non_masquerade_cidrs: Option<Vec<Ipv4Net>>, .. }`).
+    pub fn from_ipv4nets(cidrs: Option<&[ipnet::Ipv4Net]>, masq_link_local: bool) -> Self {
+        IpMasqConfig {
+            non_masquerade_cidrs: cidrs.map(|v| {
+                v.iter()
+                    .map(|n| Prefix4 {
+                        addr: n.network(),
+                        len: n.prefix_len(),
+                    })
+                    .collect()
+            }),
+            masq_link_local,
+            ipv6_ignored: 0,
+        }
+    }
+
     /// The prefixes `fibril_ipmasq` must hold: the configured list (the
     /// default list when none or an empty one is given), plus 169.254.0.0/16
     /// unless `masqLinkLocal`.
@@ -311,6 +328,47 @@ pub fn format_list<'a>(prefixes: impl IntoIterator<Item = &'a Prefix4>) -> Strin
     out
 }
 
+/// Outcome of [`fuzz_parse`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuzzOutcome {
+    /// Some form (config text or ConfigMap) was accepted.
+    pub accepted: bool,
+    /// Accepted configs list prefixes that parse back to the same set.
+    pub roundtrip_ok: bool,
+}
+
+/// Fuzz entry point (never panics): parses `data` as config text and as a
+/// ConfigMap; for accepted input, the desired set is non-empty, within
+/// bounds, and its listing parses back to the same set.
+pub fn fuzz_parse(data: &[u8]) -> FuzzOutcome {
+    let text = String::from_utf8_lossy(data);
+    let mut out = FuzzOutcome {
+        accepted: false,
+        roundtrip_ok: true,
+    };
+    for cfg in [
+        IpMasqConfig::parse(&text),
+        IpMasqConfig::parse_configmap(&text),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        out.accepted = true;
+        let want = cfg.desired();
+        let listing = format_list(&want);
+        let back: Option<BTreeSet<Prefix4>> = listing
+            .lines()
+            .skip(1)
+            .map(|l| parse_cidr(l).ok().flatten())
+            .collect();
+        let link_local_ok = cfg.masq_link_local || want.contains(&LINK_LOCAL);
+        if want.is_empty() || back.as_ref() != Some(&want) || !link_local_ok {
+            out.roundtrip_ok = false;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -411,6 +469,15 @@ mod tests {
         let e = IpMasqConfig::parse("masqLinkLocal: maybe").unwrap_err();
         assert!(e.to_string().contains("masqLinkLocal"), "{e}");
         assert!(IpMasqConfig::from_values(Some(&["x".into()]), false).is_err());
+        let nets: Vec<ipnet::Ipv4Net> = vec!["10.10.1.0/24".parse().unwrap()];
+        assert_eq!(
+            IpMasqConfig::from_ipv4nets(Some(&nets), true).desired(),
+            set(&["10.10.1.0/24"])
+        );
+        assert_eq!(
+            IpMasqConfig::from_ipv4nets(None, true).desired(),
+            default_prefixes()
+        );
     }
 
     #[test]

@@ -399,6 +399,26 @@ pub fn order_pairs(all: Vec<NatEntry>) -> Vec<NatEntry> {
     out
 }
 
+/// The value of the `Masquerading:` line of `status`, as in the seeds:
+/// `BPF   [eth1]   172.20.0.0/16 [IPv4: Enabled, IPv6: Disabled]`, or
+/// `Disabled`.
+pub fn status_value(
+    enabled: bool,
+    devices: &[&str],
+    native_routing_cidr: Option<crate::Prefix4>,
+) -> String {
+    if !enabled {
+        return "Disabled".into();
+    }
+    let cidr = native_routing_cidr
+        .map(|c| format!("{c} "))
+        .unwrap_or_default();
+    format!(
+        "BPF   [{}]   {cidr}[IPv4: Enabled, IPv6: Disabled]",
+        devices.join(", ")
+    )
+}
+
 /// Formats entries as `cilium-dbg bpf nat list` does.
 pub fn format_list(entries: &[NatEntry], now_ns: u64) -> String {
     let mut s = String::new();
@@ -501,6 +521,11 @@ mod tests {
             "192.168.10.100:40000",
         );
         assert!(h.is_host());
+        assert_eq!(
+            status_value(true, &["eth1"], Some("172.20.0.0/16".parse().unwrap())),
+            "BPF   [eth1]   172.20.0.0/16 [IPv4: Enabled, IPv6: Disabled]"
+        );
+        assert_eq!(status_value(false, &["eth1"], None), "Disabled");
         assert_eq!(
             node_port_of(
                 &listed,

@@ -12,14 +12,16 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use common::{lab_name, TestNode};
+use fibril_abi::{ipcache_flags, IpcacheValue};
 use fibril_datapath::ipmasq::{self, IpMasqConfig};
 use fibril_datapath::nat::NatDir;
 use fibril_datapath::testing::fixture::{ChildGuard, TestNetns};
-use fibril_datapath::{monotonic_ns, DatapathConfig, Nat};
+use fibril_datapath::{monotonic_ns, DatapathConfig, Nat, Prefix4};
 use fibril_lab::{netns_name, Fabric, Topology};
 
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 200);
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 100);
+const PEER_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 101);
 
 fn capture(router: &TestNetns, filter: &str) -> ChildGuard {
     let cap = router.spawn(&format!("tcpdump -i eth1 -nn -l {filter}"));
@@ -109,6 +111,37 @@ fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
     assert!(listing.contains(&format!("TCP OUT {a_ip}:")));
     assert!(listing.contains(&format!("XLATE_SRC {NODE}:")));
     assert!(listing.contains(&format!("ICMP IN {REMOTE}:")));
+
+    // 1b. Another node (k8s-w1, known to ipcache as a remote node): the pod
+    // IP stays, as in the seed (`ping 192.168.10.101` shows the pod IP).
+    let w1 = TestNetns::existing(&netns_name(&lab, "k8s-w1"));
+    w1.sh("ip route add 10.244.0.0/24 via 192.168.10.100");
+    ctr.maps()
+        .ipcache()
+        .unwrap()
+        .insert(
+            Prefix4::host(PEER_NODE),
+            &IpcacheValue {
+                sec_identity: fibril_abi::identity::REMOTE_NODE,
+                tunnel_endpoint: 0,
+                flags: ipcache_flags::REMOTE_NODE,
+                pad: 0,
+            },
+        )
+        .unwrap();
+    let cap = w1.spawn("tcpdump -i eth1 -nn -l icmp");
+    std::thread::sleep(Duration::from_millis(700)); // tcpdump start-up, not an assertion
+    let ping = ctr
+        .pod(a)
+        .ns
+        .sh_output(&format!("ping -c 2 -i 0.2 -W 2 {PEER_NODE}"));
+    let wire = stop(cap);
+    eprintln!("k8s-w1 eth1 (pod -> another node):\n{wire}");
+    assert!(ping.status.success(), "pod A pings {PEER_NODE}");
+    assert!(
+        wire.contains(&format!("{a_ip} > {PEER_NODE}: ICMP echo request")),
+        "pod IP kept towards a node: {wire}"
+    );
 
     // 2. Two pods, same source port, same destination, concurrently.
     let cap = capture(&router, "tcp port 80 and 'tcp[tcpflags] & tcp-syn != 0'");

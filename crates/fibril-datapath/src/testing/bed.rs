@@ -142,6 +142,8 @@ impl Drop for TestBed {
         if let Err(e) = Datapath::destroy(&self.pin_dir) {
             eprintln!("TestBed cleanup {}: {e}", self.pin_dir.display());
         }
+        // Whatever a test pinned there itself.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
         // Only succeeds once the last bed is gone.
         let _ = std::fs::remove_dir(TEST_PIN_ROOT);
     }

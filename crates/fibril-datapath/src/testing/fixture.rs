@@ -116,12 +116,14 @@ impl TestNetns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Spawns a background command inside (stdout/stderr piped). Use
-    /// [`ChildGuard`] to kill it on drop.
+    /// Spawns a background command inside (stdout/stderr piped), in its own
+    /// process group so [`ChildGuard`] can kill the whole pipeline on drop.
     pub fn spawn(&self, script: &str) -> ChildGuard {
+        use std::os::unix::process::CommandExt;
         let child = self
             .nsenter()
             .args(["sh", "-c", &format!("exec {script}")])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -169,9 +171,22 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     it.next().is_none().then_some(m)
 }
 
-/// A child process killed (by pid) and reaped on drop.
+/// A child process killed (with its process group, if it leads one) and
+/// reaped on drop.
 #[derive(Debug)]
 pub struct ChildGuard(pub Option<Child>);
+
+fn kill_group(c: &mut Child) {
+    let pid = c.id() as i32;
+    // SAFETY: getpgid/kill on our own child's pid; the group is only killed
+    // when the child leads it (spawned with process_group(0)).
+    unsafe {
+        if libc::getpgid(pid) == pid {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = c.kill();
+}
 
 impl ChildGuard {
     /// The child.
@@ -182,7 +197,7 @@ impl ChildGuard {
     /// Kills, waits and returns stdout+stderr.
     pub fn finish(mut self) -> (String, String) {
         let mut c = self.0.take().expect("child taken");
-        let _ = c.kill();
+        kill_group(&mut c);
         match c.wait_with_output() {
             Ok(o) => (
                 String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -209,7 +224,7 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
+            kill_group(&mut c);
             let _ = c.wait();
         }
     }
