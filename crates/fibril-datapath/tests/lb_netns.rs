@@ -215,9 +215,11 @@ fn services_on_two_nodes() {
     }
     let mut cfg = ctr.config();
     cfg.load_balancing = true;
+    cfg.masquerade = true;
     ctr.load(cfg);
     let mut cfg = w0.config();
     cfg.load_balancing = true;
+    cfg.masquerade = true;
     w0.load(cfg);
     let c = ctr.add_pod("lxcc", CLIENT, 1000);
     let b1 = ctr.add_pod("lxcb1", B1, 2000);

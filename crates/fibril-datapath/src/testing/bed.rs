@@ -103,6 +103,25 @@ impl TestBed {
     /// Like [`TestBed::run`], but returns the kernel's refusal (e.g. EINVAL
     /// for frames too short for their ethertype) as an error string.
     pub fn try_run(&mut self, prog: Prog, ifindex: u32, pkt: &[u8]) -> Result<RunResult, String> {
+        self.try_run_repeat(prog, ifindex, pkt, 1)
+    }
+
+    /// Runs `prog` `repeat` times in one syscall on the same skb (changes
+    /// accumulate: use packets the program does not rewrite, e.g. to the
+    /// stack). Returns the last run's result.
+    pub fn run_repeat(&mut self, prog: Prog, ifindex: u32, pkt: &[u8], repeat: u32) -> RunResult {
+        self.try_run_repeat(prog, ifindex, pkt, repeat)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN {}: {e}", prog.name()))
+    }
+
+    /// [`TestBed::run_repeat`] returning the kernel's refusal as an error.
+    pub fn try_run_repeat(
+        &mut self,
+        prog: Prog,
+        ifindex: u32,
+        pkt: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult, String> {
         let mut ctx = vec![0u8; SKB_CTX_SIZE];
         ctx[SKB_IFINDEX_OFF..SKB_IFINDEX_OFF + 4].copy_from_slice(&ifindex.to_ne_bytes());
         ctx[SKB_INGRESS_IFINDEX_OFF..SKB_INGRESS_IFINDEX_OFF + 4]
@@ -116,6 +135,7 @@ impl TestBed {
                     data_in: Some(pkt),
                     data_out: Some(&mut out),
                     ctx_in: Some(&ctx),
+                    repeat,
                     ..TestRunOptions::default()
                 };
                 program.test_run(opts).map_err(|e| {
