@@ -260,3 +260,23 @@ fn malformed_packets_are_dropped_sanely() {
     assert_eq!(r.ret, TC_ACT_REDIRECT);
     let _ = Parsed::parse(&r.data);
 }
+
+#[test]
+fn host_to_pod_through_fibril_host_is_redirected_to_the_veth() {
+    let (mut bed, ia, _) = bed_with_endpoints();
+    let pkt = Packet::tcp(ROUTER.octets(), 5000, POD_A.octets(), 80, 0x02).build();
+    let r = bed.run(Prog::ToHost, 1, &pkt);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!((p.smac, p.dmac), (MacAddr(LXC_A_MAC), MacAddr(MAC_A)));
+    let ev = bed.events();
+    let f = ev
+        .iter()
+        .find(|f| f.obs_point == ObsPoint::ToEndpoint)
+        .unwrap();
+    assert_eq!((f.src_identity, f.dst_identity, f.dst_ifindex), (identity::HOST, 1000, ia));
+    // Not a pod: left to the stack.
+    let pkt = Packet::tcp(ROUTER.octets(), 5000, [10, 244, 0, 77], 80, 0x02).build();
+    assert_eq!(bed.run(Prog::ToHost, 1, &pkt).ret, TC_ACT_OK);
+    assert_eq!(bed.run(Prog::FromHost, 1, &pkt).ret, TC_ACT_OK);
+}
