@@ -274,7 +274,10 @@ fn host_to_pod_through_fibril_host_is_redirected_to_the_veth() {
         .iter()
         .find(|f| f.obs_point == ObsPoint::ToEndpoint)
         .unwrap();
-    assert_eq!((f.src_identity, f.dst_identity, f.dst_ifindex), (identity::HOST, 1000, ia));
+    assert_eq!(
+        (f.src_identity, f.dst_identity, f.dst_ifindex),
+        (identity::HOST, 1000, ia)
+    );
     // Not a pod: left to the stack.
     let pkt = Packet::tcp(ROUTER.octets(), 5000, [10, 244, 0, 77], 80, 0x02).build();
     assert_eq!(bed.run(Prog::ToHost, 1, &pkt).ret, TC_ACT_OK);
