@@ -19,6 +19,9 @@
  * masqueraded destination get an identity pair (to_addr = node_ip, same
  * port), so pod translations never pick a port a host connection uses.
  *
+ * ICMP errors about a translated flow (fragmentation needed, unreachable,
+ * time exceeded) are translated back too, quoted header included.
+ *
  * Entries carry created/last_seen (bpf_ktime_get_ns); the agent's GC
  * (fibril_datapath::nat::Nat::gc) removes idle pairs.
  */
@@ -290,6 +293,105 @@ static __always_inline int nat4_snat_egress(struct __sk_buff *skb, struct pkt4 *
 	return TC_ACT_OK;
 }
 
+/* Incremental update of a 16-bit ones' complement checksum for a 32-bit
+ * field change (RFC 1624), for the checksum of an IP header quoted inside
+ * an ICMP error (no helper reaches it). */
+static __always_inline __sum16 csum_replace4_val(__sum16 check, __be32 from, __be32 to)
+{
+	__u32 sum = (__u16)~check;
+
+	sum += (__u16)~(from & 0xffff);
+	sum += (__u16)~(from >> 16);
+	sum += (to & 0xffff);
+	sum += (to >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__sum16)~sum;
+}
+
+struct nat_icmp_inner {
+	struct iphdr ip;
+	__be16 sport;  /* TCP/UDP source port; ICMP: type, code */
+	__be16 dport;  /* TCP/UDP destination port; ICMP: checksum */
+	__be16 w2;     /* ICMP: echo id */
+	__be16 w3;
+};
+
+/* ICMP error (destination unreachable, e.g. fragmentation needed; time
+ * exceeded) about a masqueraded flow, sent to the node IP: the quoted
+ * packet is node_ip:nport -> remote. Rewrites the outer destination and the
+ * quoted source (address, port / echo id, quoted IP checksum) back to the
+ * pod, so its stack learns the path MTU or the failure. The quoted L4
+ * checksum is left alone (it covers bytes the error does not carry).
+ * Returns CTX_CONTINUE (p updated when translated) or -DROP_*. */
+static __always_inline int nat4_rev_snat_icmp_error(struct __sk_buff *skb, struct pkt4 *p)
+{
+	struct nat_icmp_inner in;
+	struct ct4_key k = {};
+	struct nat4_value *v;
+	__u32 icmp_csum_off = p->l4_off + ICMP_CSUM_OFF;
+	__u32 inner_off = p->l4_off + 8;
+	__u32 port_off;
+	__be16 nport, to_port;
+	__be32 to_addr;
+	__sum16 new_check;
+
+	if (bpf_skb_load_bytes(skb, inner_off, &in, sizeof(in)) < 0)
+		return CTX_CONTINUE;
+	if (in.ip.version != 4 || in.ip.ihl != 5 || in.ip.saddr != CFG(node_ip))
+		return CTX_CONTINUE;
+	k.saddr = in.ip.daddr;
+	k.daddr = CFG(node_ip);
+	k.proto = in.ip.protocol;
+	k.flags = NAT_DIR_INGRESS;
+	switch (in.ip.protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		nport = in.sport;
+		k.sport = in.dport;
+		k.dport = nport;
+		port_off = inner_off + sizeof(struct iphdr);
+		break;
+	case IPPROTO_ICMP:
+		if ((bpf_ntohs(in.sport) >> 8) != ICMP_ECHO)
+			return CTX_CONTINUE;
+		nport = in.w2;
+		k.sport = nport;
+		k.dport = nport;
+		port_off = inner_off + sizeof(struct iphdr) + ICMP_ID_OFF;
+		break;
+	default:
+		return CTX_CONTINUE;
+	}
+	v = bpf_map_lookup_elem(&fibril_nat4, &k);
+	if (!v)
+		return CTX_CONTINUE;
+	to_addr = v->to_addr;
+	to_port = v->to_port;
+	if (to_addr == CFG(node_ip))
+		return CTX_CONTINUE;
+
+	/* Quoted source address and the quoted header's checksum. */
+	new_check = csum_replace4_val(in.ip.check, in.ip.saddr, to_addr);
+	if (bpf_l4_csum_replace(skb, icmp_csum_off, in.ip.saddr, to_addr, 4) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_csum_off, in.ip.check, new_check, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct iphdr, saddr), &to_addr, 4, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, inner_off + offsetof(struct iphdr, check), &new_check, 2, 0) < 0)
+		return -DROP_WRITE_FAILED;
+	/* Quoted source port / echo id. */
+	if (nport != to_port &&
+	    (bpf_l4_csum_replace(skb, icmp_csum_off, nport, to_port, 2) < 0 ||
+	     bpf_skb_store_bytes(skb, port_off, &to_port, 2, 0) < 0))
+		return -DROP_WRITE_FAILED;
+	/* Outer destination: IP header checksum only (ICMP has no pseudo
+	 * header). */
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->daddr, to_addr, 4) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_DADDR_OFF, &to_addr, 4, 0) < 0)
+		return -DROP_WRITE_FAILED;
+	p->daddr = to_addr;
+	return CTX_CONTINUE;
+}
+
 /* bpf_host ingress on the underlay device: replies to CFG(node_ip) that match
  * a NAT_DIR_INGRESS entry: rewrite the destination back to the pod and
  * update p, so the caller delivers it to the endpoint. Misses and the
@@ -306,6 +408,9 @@ static __always_inline int nat4_rev_snat_ingress(struct __sk_buff *skb, struct p
 	(void)tc;
 	if (!CFG(node_ip) || p->daddr != CFG(node_ip) || p->is_fragment)
 		return CTX_CONTINUE;
+	if (p->proto == IPPROTO_ICMP &&
+	    (p->icmp_type == ICMP_DEST_UNREACH || p->icmp_type == ICMP_TIME_EXCEEDED))
+		return nat4_rev_snat_icmp_error(skb, p);
 	if (!nat_proto_ok(p, ICMP_ECHOREPLY))
 		return CTX_CONTINUE;
 	ct4_key_from_pkt(&k, p, 0, NAT_DIR_INGRESS);

@@ -489,3 +489,88 @@ fn gc_removes_orphans_and_respects_conntrack_closing() {
         None
     );
 }
+
+/// An ICMP error (type/code) from `from` to the node quoting `quoted` (an
+/// IP packet as it left the node, from its IP header on).
+fn icmp_error(from: Ipv4Addr, typ: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![typ, code, 0, 0, 0, 0, 0x05, 0x78]; // MTU 1400
+    icmp.extend_from_slice(&quoted[..28]);
+    let c = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = Packet::tcp(from.octets(), 0, NODE.octets(), 0, 0);
+    p.l4 = fibril_datapath::testing::packet::L4::Raw(1);
+    p.payload = icmp;
+    p.build()
+}
+
+#[test]
+fn icmp_errors_about_masqueraded_flows_go_back_to_the_pod() {
+    let mut bed = bed(config());
+    let hop = Ipv4Addr::new(192, 168, 10, 200);
+    for (what, pkt, pod, pod_port) in [
+        (
+            "TCP, port kept",
+            Packet::tcp(POD_A.octets(), 45678, REMOTE.octets(), 80, 0x02).build(),
+            POD_A,
+            45678u16,
+        ),
+        (
+            "UDP, port remapped",
+            Packet::udp(POD_B.octets(), 5353, REMOTE.octets(), 53)
+                .payload(&[7; 1400])
+                .build(),
+            POD_B,
+            5353,
+        ),
+    ] {
+        let out = bed.run(Prog::ToNetdev, 1, &pkt);
+        assert_eq!(out.parsed().saddr, Some(NODE), "{what}");
+        for (typ, code) in [(3u8, 4u8), (3, 1), (11, 0)] {
+            let err = icmp_error(hop, typ, code, &out.data[14..]);
+            let r = bed.run(Prog::FromNetdev, 1, &err);
+            assert_eq!(r.ret, TC_ACT_REDIRECT, "{what} {typ}/{code}: delivered");
+            let p = r.parsed();
+            assert_eq!((p.saddr, p.daddr), (Some(hop), Some(pod)), "{what}");
+            assert!(p.ip_csum_ok, "{what}: outer IP checksum");
+            let icmp = &r.data[34..];
+            assert_eq!((icmp[0], icmp[1]), (typ, code));
+            assert_eq!(checksum(icmp, 0), 0, "{what}: ICMP checksum");
+            let quoted = &icmp[8..];
+            assert_eq!(&quoted[12..16], &pod.octets(), "{what}: quoted source");
+            assert_eq!(
+                &quoted[16..20],
+                &REMOTE.octets(),
+                "{what}: quoted destination"
+            );
+            assert_eq!(checksum(&quoted[..20], 0), 0, "{what}: quoted IP checksum");
+            assert_eq!(
+                u16::from_be_bytes([quoted[20], quoted[21]]),
+                pod_port,
+                "{what}: quoted source port"
+            );
+        }
+    }
+    // An error quoting an unknown flow, or the node's own, is the stack's.
+    let own = Packet::tcp(NODE.octets(), 1234, REMOTE.octets(), 80, 0x02).build();
+    let err = icmp_error(hop, 3, 4, &own[14..]);
+    let r = bed.run(Prog::FromNetdev, 1, &err);
+    assert_eq!((r.ret, &r.data), (TC_ACT_OK, &err));
+    // Truncated quote: left alone, never read past the end.
+    let out = bed.run(
+        Prog::ToNetdev,
+        1,
+        &Packet::tcp(POD_A.octets(), 45678, REMOTE.octets(), 80, 0x02).build(),
+    );
+    let err = icmp_error(hop, 3, 4, &out.data[14..]);
+    for n in 34..err.len() {
+        let mut t = err[..n].to_vec();
+        t[16..18].copy_from_slice(&((n - 14) as u16).to_be_bytes());
+        if let Ok(r) = bed.try_run(Prog::FromNetdev, 1, &t) {
+            assert!(
+                r.ret == TC_ACT_OK || r.ret == TC_ACT_REDIRECT,
+                "{n}: {}",
+                r.ret
+            );
+        }
+    }
+}
