@@ -3,7 +3,7 @@
 //! them), pods as namespaces. ClusterIP from pods (backends on both nodes,
 //! replies from the service IP on the client's eth0), UDP, NodePort from the
 //! router (SNAT to the node IP for remote backends), eTP=Local, a
-//! LoadBalancer IP, hairpin, and node -> ClusterIP.
+//! LoadBalancer IP, hairpin, and node -> ClusterIP; BPF masquerading on.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{lab_name, TestNode};
-use fibril_abi::{DropReason, ObsPoint};
+use fibril_abi::{identity, ipcache_flags, DropReason, IpcacheValue, ObsPoint};
 use fibril_datapath::lb::{BackendSpec, Frontend, LbDump, LoadBalancer, ServiceSpec, ServiceType};
 use fibril_datapath::testing::fixture::{eventually, ChildGuard, TestNetns};
+use fibril_datapath::Prefix4;
 use fibril_lab::{netns_name, Fabric, Topology};
 
 const PY: &str = "/usr/bin/python3";
@@ -128,6 +129,7 @@ fn ok_answers(v: &[Option<(String, Ipv4Addr)>]) -> Vec<(String, Ipv4Addr)> {
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP_HAIRPIN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const LRP_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 10);
 const CTR_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 100);
 const W0_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 20, 100);
@@ -170,6 +172,14 @@ fn program(node: &TestNode, on_ctr: bool) -> LoadBalancer {
     lb.upsert(&ServiceSpec {
         frontend: Frontend::tcp(LB_IP, 80),
         svc_type: ServiceType::LoadBalancer,
+        ext_traffic_local: false,
+        backends: vec![b1, b2],
+    })
+    .unwrap();
+    // Local Redirect: node-local backends only.
+    lb.upsert(&ServiceSpec {
+        frontend: Frontend::tcp(LRP_IP, 8080),
+        svc_type: ServiceType::LocalRedirect,
         ext_traffic_local: false,
         backends: vec![b1, b2],
     })
@@ -221,6 +231,23 @@ fn services_on_two_nodes() {
     cfg.load_balancing = true;
     cfg.masquerade = true;
     w0.load(cfg);
+    // The other node is a remote node in each ipcache (what the agent
+    // installs): BPF masquerading leaves node-to-node traffic alone.
+    for (n, other) in [(&ctr, W0_IP), (&w0, CTR_IP)] {
+        n.maps()
+            .ipcache()
+            .unwrap()
+            .insert(
+                Prefix4::host(other),
+                &IpcacheValue {
+                    sec_identity: identity::REMOTE_NODE,
+                    tunnel_endpoint: 0,
+                    flags: ipcache_flags::REMOTE_NODE,
+                    pad: 0,
+                },
+            )
+            .unwrap();
+    }
     let c = ctr.add_pod("lxcc", CLIENT, 1000);
     let b1 = ctr.add_pod("lxcb1", B1, 2000);
     let b2 = w0.add_pod("lxcb2", B2, 2000);
@@ -362,6 +389,12 @@ fn services_on_two_nodes() {
     assert!(ok
         .iter()
         .all(|(n, p)| n == "b1" && *p == Ipv4Addr::new(169, 254, 42, 1)));
+
+    // --- Local Redirect from the client pod on k8s-ctr: only b1 (local).
+    let ok = ok_answers(&query(&ctr.pod(c).ns, &script, "tcp", LRP_IP, 8080, 10));
+    eprintln!("local redirect {LRP_IP}:8080 from k8s-ctr: {ok:?}");
+    assert_eq!(ok.len(), 10);
+    assert!(ok.iter().all(|(n, p)| n == "b1" && *p == CLIENT));
 
     // --- Node -> ClusterIP (from the node's own netns).
     let got = query(&ctr.ns, &script, "tcp", VIP, 80, 20);
