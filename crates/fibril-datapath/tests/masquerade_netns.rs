@@ -45,6 +45,31 @@ fn curl(pod: &TestNetns, extra: &str, max_time: u32) -> (bool, String) {
     )
 }
 
+/// One 2-second iperf3 run to the router; Gbit/s received (0 on failure).
+fn iperf_gbps(pod: &TestNetns) -> f64 {
+    let mut out = String::new();
+    for _ in 0..20 {
+        // the server may still be starting
+        let o = pod.sh_output(&format!("iperf3 -c {REMOTE} -p 5201 -t 2 -J"));
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !out.contains("sum_received") {
+        eprintln!("iperf3 failed: {}", out.chars().take(600).collect::<String>());
+    }
+    // "sum_received": { ... "bits_per_second": N ... }
+    out.split("\"sum_received\"")
+        .nth(1)
+        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
+        .and_then(|s| s.split([',', '\n', '}']).next())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .map(|b| b / 1e9)
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
     let topo = Topology::builtin("seed-3w").unwrap();
@@ -179,6 +204,11 @@ fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
         );
     }
 
+    // Throughput through SNAT (a figure, not asserted).
+    let _iperf = router.spawn("iperf3 -s -1 -p 5201");
+    let masq_gbps = iperf_gbps(&ctr.pod(a).ns);
+    eprintln!("masq_tcp_tput_gbps {masq_gbps:.2}");
+
     // 3. ip-masq-agent with the seeds' nonMasqueradeCIDRs: the pod IP stays;
     // without a route back on the router the SYN gets no answer.
     let masq =
@@ -223,6 +253,12 @@ fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
         !wire.contains(&format!("IP {NODE}.")),
         "not masqueraded: {wire}"
     );
+    let _iperf = router.spawn("iperf3 -s -1 -p 5201");
+    let plain_gbps = iperf_gbps(&ctr.pod(a).ns);
+    eprintln!("nomasq_tcp_tput_gbps {plain_gbps:.2}");
+    if plain_gbps > 0.0 {
+        eprintln!("masq_vs_nomasq_tput {:.2}", masq_gbps / plain_gbps);
+    }
     router.sh("ip route del 10.244.0.0/24 via 192.168.10.100");
 
     drop(ctr);
