@@ -21,6 +21,7 @@ pub mod maps;
 pub mod nat;
 pub mod netns;
 pub mod objects;
+pub mod status;
 pub mod testing;
 pub mod tunnel;
 
@@ -36,4 +37,5 @@ pub use maps::{
 pub use nat::{Nat, NatDir, NatEntry, NatTimeouts};
 pub use netns::Netns;
 pub use objects::{Hook, Object, Prog};
+pub use status::{DatapathStatus, DropCount};
 pub use tunnel::{Encapsulated, TunnelRoute, ENCAP_OVERHEAD, GENEVE_PORT, VXLAN_PORT};

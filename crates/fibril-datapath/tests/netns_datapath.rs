@@ -90,6 +90,16 @@ fn endpoints_on_one_node() {
         eprintln!("flow: {f}");
     }
 
+    let status = fibril_datapath::DatapathStatus::read(&node.pin_dir).unwrap();
+    eprintln!("{status}");
+    assert_eq!(
+        status.attachments.len(),
+        4,
+        "fibril_host in/out, lxca, lxcb"
+    );
+    assert_eq!(status.endpoints, 2);
+    assert!(status.forwarded > 0 && status.drops.is_empty());
+
     // Conntrack: TCP connections and ICMP flows recorded, all alive now.
     let mut ct = node.maps().conntrack().unwrap();
     let counts = ct.counts(monotonic_ns()).unwrap();

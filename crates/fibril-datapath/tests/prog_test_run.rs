@@ -283,3 +283,26 @@ fn host_to_pod_through_fibril_host_is_redirected_to_the_veth() {
     assert_eq!(bed.run(Prog::ToHost, 1, &pkt).ret, TC_ACT_OK);
     assert_eq!(bed.run(Prog::FromHost, 1, &pkt).ret, TC_ACT_OK);
 }
+
+#[test]
+fn pinned_map_with_another_layout_is_refused() {
+    let bed = TestBed::new(config(), "");
+    // A map of another layout pinned under an expected name.
+    let dir = std::path::Path::new(fibril_datapath::testing::bed::TEST_PIN_ROOT)
+        .join(fibril_datapath::testing::fixture::unique_name("layout"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let metrics = aya::maps::MapData::from_pin(bed.pin_dir().join("fibril_metrics")).unwrap();
+    metrics.pin(dir.join("fibril_endpoints")).unwrap();
+    let err = fibril_datapath::Datapath::load(fibril_datapath::DatapathOptions {
+        pin_dir: dir.clone(),
+        netns: bed.ns.netns(),
+        config: config(),
+    })
+    .unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("fibril_endpoints") && msg.contains("layout changed"),
+        "{msg}"
+    );
+}
