@@ -155,6 +155,17 @@ static __always_inline int encap4_from_endpoint(struct __sk_buff *skb, struct pk
 	}
 	if (!out_ifindex)
 		return -DROP_NO_ROUTE;
+	/* A non-GSO packet that would not fit the underlay once encapsulated
+	 * (pod MTU above underlay MTU - 50): the peer device would drop it
+	 * silently, so drop it here with a reason and a counter. GSO packets
+	 * pass: their segments follow the pod MTU. */
+	{
+		__u32 mtu_len = 0;
+
+		if (bpf_check_mtu(skb, out_ifindex, &mtu_len, ENCAP_OVERHEAD, 0) !=
+		    BPF_MTU_CHK_RET_SUCCESS)
+			return -DROP_FRAG_NOT_SUPPORTED;
+	}
 
 	__builtin_memset(&oip, 0, sizeof(oip));
 	oip.version = 4;

@@ -242,6 +242,32 @@ fn non_default_port_encap() {
     check_encap(Tunnel::Geneve { port: 7081 });
 }
 
+#[test]
+fn encap_respects_the_underlay_mtu() {
+    let mut b = bed(Tunnel::geneve());
+    // 1450 bytes of IPv4 (the pod MTU) fit a 1500 underlay once
+    // encapsulated; 1451 do not.
+    for (ip_len, verdict) in [
+        (1450usize, TC_ACT_REDIRECT),
+        (1451, TC_ACT_SHOT),
+        (1500, TC_ACT_SHOT),
+    ] {
+        let pkt = Packet::udp(POD_A.octets(), 5000, REMOTE_POD.octets(), 5001)
+            .macs(MacAddr(MAC_A), MacAddr(LXC_A_MAC))
+            .payload(&vec![0xab; ip_len - 28])
+            .build();
+        let r = b.bed.run(Prog::FromContainer, b.lxc, &pkt);
+        assert_eq!(r.ret, verdict, "IPv4 length {ip_len}");
+        if verdict == TC_ACT_REDIRECT {
+            assert_eq!(r.data.len(), 1514, "a full 1500-byte underlay frame");
+        } else {
+            assert_eq!(r.data, pkt, "left intact");
+        }
+    }
+    let m = b.bed.maps().metrics().unwrap();
+    assert_eq!(m.drops(DropReason::FragNotSupported).unwrap(), 2);
+}
+
 fn check_decap(tunnel: Tunnel) {
     let mut b = bed(tunnel);
     let inner = remote_inner();
