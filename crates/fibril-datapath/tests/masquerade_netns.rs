@@ -58,7 +58,10 @@ fn iperf_gbps(pod: &TestNetns) -> f64 {
         std::thread::sleep(Duration::from_millis(100));
     }
     if !out.contains("sum_received") {
-        eprintln!("iperf3 failed: {}", out.chars().take(600).collect::<String>());
+        eprintln!(
+            "iperf3 failed: {}",
+            out.chars().take(600).collect::<String>()
+        );
     }
     // "sum_received": { ... "bits_per_second": N ... }
     out.split("\"sum_received\"")
