@@ -1,0 +1,239 @@
+//! `fibril dns`: the cluster DNS server (what CoreDNS's `kubernetes`,
+//! `forward`, `cache`, `loadbalance`, `health`, `ready`, `prometheus`,
+//! `reload`, `loop`, `bind`, `log`, `errors` plugins do), configured by a
+//! Corefile.
+//!
+//! - [`corefile`]: the Corefile parser ([`corefile::parse`] never panics).
+//! - [`cluster`]: [`ClusterView`] (what the `kubernetes` plugin reads),
+//!   [`ClusterIndex`]/[`SharedIndex`] (in-memory), [`StoreClusterView`]
+//!   (follows a `fibril_store::SharedStore`).
+//! - [`kubernetes`], [`forward`], [`cache`]: the plugins.
+//! - [`server`]: listeners, the plugin chain, HTTP endpoints.
+//! - [`metrics`]: CoreDNS-named Prometheus metrics.
+//!
+//! Entry points: [`run`] (Corefile + any [`ClusterView`], until `shutdown`
+//! resolves, reloading the Corefile file when it has `reload`), and
+//! [`run_with_store`] (the same, fed from the cluster store). Node-local
+//! mode is a Corefile (bind 169.254.20.10 + kube-dns IP, forward cluster
+//! zones with `force_tcp` to `__PILLAR__CLUSTER__DNS__`) plus
+//! [`RunOptions::placeholders`].
+
+pub mod cache;
+pub mod cluster;
+pub mod corefile;
+pub mod forward;
+pub mod kubernetes;
+pub mod metrics;
+pub mod server;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use cluster::{
+    ClusterIndex, ClusterView, EndpointRecord, PodRecord, PortRecord, ServiceKind, ServiceRecord,
+    SharedIndex, StoreClusterView,
+};
+pub use corefile::{parse as parse_corefile, Corefile, CorefileError};
+pub use metrics::Metrics;
+pub use server::{start, Placeholders, Running, ServerError};
+
+/// Where the Corefile comes from. Only a file can be reloaded.
+#[derive(Debug, Clone)]
+pub enum CorefileSource {
+    Text(String),
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub corefile: CorefileSource,
+    /// Values for template placeholders in forward targets, e.g.
+    /// `__PILLAR__CLUSTER__DNS__` -> `[10.96.0.10:53]`.
+    pub placeholders: Placeholders,
+}
+
+#[derive(Debug, Error)]
+pub enum DnsError {
+    #[error("read Corefile {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Corefile(#[from] CorefileError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+fn load(src: &CorefileSource) -> Result<(String, Corefile), DnsError> {
+    let text = match src {
+        CorefileSource::Text(t) => t.clone(),
+        CorefileSource::Path(p) => std::fs::read_to_string(p).map_err(|source| DnsError::Read {
+            path: p.clone(),
+            source,
+        })?,
+    };
+    let cf = corefile::parse(&text)?;
+    Ok((text, cf))
+}
+
+/// Binds with retries: after a reload the old sockets may linger briefly.
+async fn start_retry(
+    cf: &Corefile,
+    cluster: &Arc<dyn ClusterView>,
+    metrics: &Arc<Metrics>,
+    placeholders: &Placeholders,
+    tries: u32,
+) -> Result<Running, ServerError> {
+    let mut n = 0;
+    loop {
+        match server::start(cf, cluster.clone(), metrics.clone(), placeholders).await {
+            Ok(r) => return Ok(r),
+            Err(ServerError::Bind { .. }) if n + 1 < tries => {
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Serves DNS as the Corefile says until `shutdown` resolves (then lameduck
+/// and stop). With `reload` and a file source, a changed file is re-parsed
+/// and the listeners restarted; a broken new file keeps the old config
+/// (counted in `coredns_reload_failed_total`).
+pub async fn run(
+    opts: RunOptions,
+    cluster: Arc<dyn ClusterView>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DnsError> {
+    let metrics = Arc::new(Metrics::new());
+    let (mut text, mut cf) = load(&opts.corefile)?;
+    let mut running = start_retry(&cf, &cluster, &metrics, &opts.placeholders, 1).await?;
+    tracing::info!(addrs = ?running.dns_addrs, http = ?running.http_addrs, "dns: serving");
+    tokio::pin!(shutdown);
+    loop {
+        let reload = cf
+            .servers
+            .iter()
+            .filter_map(|b| b.reload.as_ref())
+            .map(|r| r.interval)
+            .filter(|d| !d.is_zero())
+            .min();
+        let wait = match (&opts.corefile, reload) {
+            (CorefileSource::Path(_), Some(d)) => d,
+            _ => Duration::from_secs(3600 * 24 * 365),
+        };
+        tokio::select! {
+            _ = &mut shutdown => {
+                running.shutdown().await;
+                return Ok(());
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (new_text, new_cf) = match load(&opts.corefile) {
+            Ok(x) => x,
+            Err(e) => {
+                metrics.reload_failures.inc();
+                tracing::error!(error = %e, "dns: reload: keeping the running config");
+                continue;
+            }
+        };
+        if new_text == text {
+            continue;
+        }
+        tracing::info!("dns: Corefile changed; reloading");
+        running.stop().await;
+        match start_retry(&new_cf, &cluster, &metrics, &opts.placeholders, 30).await {
+            Ok(r) => {
+                running = r;
+                text = new_text;
+                cf = new_cf;
+            }
+            Err(e) => {
+                metrics.reload_failures.inc();
+                tracing::error!(error = %e, "dns: reload failed; restoring the previous config");
+                running = start_retry(&cf, &cluster, &metrics, &opts.placeholders, 30).await?;
+            }
+        }
+    }
+}
+
+/// [`run`] with the `kubernetes` plugin fed from the cluster store
+/// (Service, EndpointSlice, Pod followed by list+watch).
+pub async fn run_with_store(
+    opts: RunOptions,
+    store: fibril_store::SharedStore,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DnsError> {
+    let view = Arc::new(StoreClusterView::start(store));
+    run(opts, view, shutdown).await
+}
+
+/// Fuzz entry point: the Corefile parser on arbitrary bytes. Never panics.
+pub fn fuzz_corefile(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = corefile::parse(text);
+    }
+}
+
+/// Fuzz entry point: one raw DNS message through the query path (decode,
+/// validation, kubernetes answers, cache, encoding with size limits) of a
+/// fixed Corefile, no network. Never panics; a response, if any, never
+/// exceeds the UDP limit.
+pub fn fuzz_message(data: &[u8]) {
+    use std::sync::OnceLock;
+    static STATE: OnceLock<(Vec<Arc<server::Block>>, server::Shared)> = OnceLock::new();
+    let state = STATE.get_or_init(|| {
+        let cf = corefile::parse(FUZZ_COREFILE).unwrap_or_default();
+        let view: Arc<dyn ClusterView> = Arc::new(fuzz_index());
+        (server::offline_blocks(&cf), server::offline_shared(view))
+    });
+    if let Some(resp) = server::handle_sync(data, &state.0, &state.1) {
+        assert!(
+            resp.len() <= usize::from(server::EDNS_PAYLOAD),
+            "oversized UDP response"
+        );
+    }
+}
+
+const FUZZ_COREFILE: &str = ".:53 {\n kubernetes cluster.local in-addr.arpa ip6.arpa {\n  pods insecure\n  ttl 30\n }\n cache 30\n loadbalance\n}\n";
+
+fn fuzz_index() -> ClusterIndex {
+    let mut i = ClusterIndex::new();
+    i.upsert_service(ServiceRecord {
+        namespace: "default".into(),
+        name: "webpod".into(),
+        kind: ServiceKind::ClusterIp,
+        cluster_ips: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+            10, 96, 0, 100,
+        ))],
+        ports: vec![PortRecord {
+            name: "http".into(),
+            protocol: "TCP".into(),
+            port: 80,
+        }],
+    });
+    i.upsert_service(ServiceRecord {
+        namespace: "default".into(),
+        name: "big".into(),
+        kind: ServiceKind::ClusterIp,
+        cluster_ips: vec![],
+        ports: vec![],
+    });
+    let eps = (0..200u8)
+        .map(|n| EndpointRecord {
+            addresses: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 1, n))],
+            hostname: None,
+            ready: true,
+            ports: vec![],
+        })
+        .collect();
+    i.upsert_slice("default", "big-1", "big", eps);
+    i
+}
