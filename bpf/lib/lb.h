@@ -225,6 +225,12 @@ static __always_inline int lb4_select_backend(struct __sk_buff *skb, const struc
 			return -DROP_NO_SERVICE;
 		key->backend_slot = (bpf_get_prandom_u32() % count) + 1;
 		slot = bpf_map_lookup_elem(&fibril_lb4_services, key);
+		if (!slot) {
+			/* The service shrank since its entry was read: slot 1
+			 * exists as long as the service has a backend. */
+			key->backend_slot = 1;
+			slot = bpf_map_lookup_elem(&fibril_lb4_services, key);
+		}
 		key->backend_slot = 0;
 		if (!slot)
 			return -DROP_NO_BACKEND;
@@ -232,8 +238,11 @@ static __always_inline int lb4_select_backend(struct __sk_buff *skb, const struc
 		b = bpf_map_lookup_elem(&fibril_lb4_backends, &bkey);
 		if (!b)
 			return -DROP_NO_BACKEND;
+		/* Established from the start: the entry must live as long as the
+		 * connection's own entry (it only sees the forward direction,
+		 * so it would never reach established by itself). */
 		ret = ct_create4(skb, p, CT_KEY_F_SERVICE, src_identity, rev_nat_index,
-				 bkey.backend_id, 0);
+				 bkey.backend_id, CT_F_ESTABLISHED);
 		if (IS_DROP(ret))
 			return ret;
 	}

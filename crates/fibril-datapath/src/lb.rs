@@ -257,6 +257,8 @@ struct SvcState {
     /// Terminating backends: referenced (kept in the backend map for the
     /// connections that use them) but in no slot.
     term: Vec<u32>,
+    /// `SVC_F_*` written.
+    flags: u16,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -334,6 +336,7 @@ impl LoadBalancer {
             lb.used_rev_nat.insert(s.rev_nat);
             let st = lb.svcs.entry(s.frontend).or_default();
             st.rev_nat = s.rev_nat;
+            st.flags = s.flags;
             if s.scope == lb_scope::INT {
                 st.int = Some(ids);
             } else {
@@ -404,9 +407,7 @@ impl LoadBalancer {
         })
     }
 
-    /// Takes a reference on the backend, creating (and writing) it first.
-    fn ref_backend(&mut self, proto: Protocol, b: &BackendSpec) -> Result<u32> {
-        let addr = (b.addr, b.port, proto);
+    fn backend_value(proto: Protocol, b: &BackendSpec) -> Lb4Backend {
         let mut flags = 0;
         if b.local {
             flags |= backend_flags::LOCAL;
@@ -414,13 +415,56 @@ impl LoadBalancer {
         if b.terminating {
             flags |= backend_flags::TERMINATING;
         }
-        let value = Lb4Backend {
+        Lb4Backend {
             address: ip_be(b.addr),
             port: port_be(b.port),
             proto: proto.number(),
             flags,
             ..Default::default()
+        }
+    }
+
+    /// The id of a backend already written with exactly these values.
+    fn existing_id(&self, proto: Protocol, b: &BackendSpec) -> Option<u32> {
+        let st = self.backend_ids.get(&(b.addr, b.port, proto))?;
+        (st.value == Self::backend_value(proto, b)).then_some(st.id)
+    }
+
+    /// True if the service is programmed exactly like `spec` already (a
+    /// resync then writes nothing).
+    fn unchanged(
+        &self,
+        spec: &ServiceSpec,
+        flags: u16,
+        ext: &[&BackendSpec],
+        int: Option<&Vec<&BackendSpec>>,
+    ) -> bool {
+        let Some(old) = self.svcs.get(&spec.frontend) else {
+            return false;
         };
+        let ids = |v: &[&BackendSpec]| -> Option<Vec<u32>> {
+            v.iter()
+                .map(|b| self.existing_id(spec.frontend.proto, b))
+                .collect()
+        };
+        let term: Vec<&BackendSpec> = spec.backends.iter().filter(|b| b.terminating).collect();
+        let new_int = match int {
+            Some(v) => match ids(v) {
+                Some(ids) => Some(ids),
+                None => return false,
+            },
+            None => None,
+        };
+        old.flags == flags
+            && ids(ext).as_ref() == Some(&old.ext)
+            && ids(&term).as_ref() == Some(&old.term)
+            && new_int == old.int
+    }
+
+    /// Takes a reference on the backend, creating (and writing) it first.
+    fn ref_backend(&mut self, proto: Protocol, b: &BackendSpec) -> Result<u32> {
+        let addr = (b.addr, b.port, proto);
+        let value = Self::backend_value(proto, b);
         if let Some(st) = self.backend_ids.get_mut(&addr) {
             if st.value != value {
                 self.backends
@@ -573,6 +617,15 @@ impl LoadBalancer {
             .filter(|b| !local_only || b.local)
             .collect();
 
+        if self.unchanged(spec, flags, &ext_backends, two_scopes.then_some(&active)) {
+            if let Some(o) = self.svcs.get(&fe) {
+                return Ok(Programmed {
+                    id: o.rev_nat,
+                    backend_ids: o.ext.clone(),
+                });
+            }
+        }
+
         // 1. Backends (new references first, so nothing visible dangles).
         let mut new_ext = Vec::with_capacity(ext_backends.len());
         let mut taken = Vec::new();
@@ -685,6 +738,7 @@ impl LoadBalancer {
                 ext: new_ext.clone(),
                 int: new_int,
                 term,
+                flags,
             },
         );
         self.unref_backends(&old_refs)?;

@@ -511,6 +511,9 @@ fn bench_program_10k_services_100k_backends() {
     lb.upsert_many(&specs).unwrap();
     let bulk = t.elapsed();
     assert_eq!(LbDump::read(&maps).unwrap().backends.len(), 100_000);
+    let t = Instant::now();
+    lb.upsert_many(&specs).unwrap();
+    let resync = t.elapsed();
     let mut times = Vec::new();
     for k in 0..21u32 {
         let mut s = spec(k * 37, 10);
@@ -521,6 +524,10 @@ fn bench_program_10k_services_100k_backends() {
     }
     times.sort();
     println!("svc_program_10k_100k_ms {:.1} ms", bulk.as_secs_f64() * 1e3);
+    println!(
+        "svc_resync_10k_unchanged_ms {:.1} ms",
+        resync.as_secs_f64() * 1e3
+    );
     println!(
         "svc_update_us {:.1} us",
         times[times.len() / 2].as_secs_f64() * 1e6
