@@ -533,3 +533,73 @@ fn bench_program_10k_services_100k_backends() {
         times[times.len() / 2].as_secs_f64() * 1e6
     );
 }
+
+#[test]
+fn nodeport_remote_backend_is_snated_and_reply_restored() {
+    // An underlay with the router as neighbour so the FIB lookup resolves.
+    let bed = TestBed::new(
+        config(),
+        "ip link add eth1 type veth peer name eth1p && ip link set eth1 up && ip link set eth1p up \
+         && ip addr add 192.168.10.100/24 dev eth1 && sysctl -qw net.ipv4.ip_forward=1 \
+         && ip neigh replace 192.168.10.200 lladdr 02:00:00:00:00:c8 dev eth1 nud permanent \
+         && ip route add 10.244.1.0/24 via 192.168.10.200",
+    );
+    let mut bed = bed;
+    let eth1 = bed.ns.ifindex("eth1");
+    let mut lb = LoadBalancer::open(&bed.maps()).unwrap();
+    lb.upsert(&ServiceSpec {
+        frontend: Frontend::tcp(Ipv4Addr::UNSPECIFIED, 31000),
+        svc_type: ServiceType::NodePort,
+        ext_traffic_local: false,
+        backends: vec![be(REMOTE_POD, 8080)],
+    })
+    .unwrap();
+    let pkt = Packet::tcp(CLIENT.octets(), 50000, NODE.octets(), 31000, 0x02).build();
+    let r = bed.run(Prog::FromNetdev, eth1, &pkt);
+    assert_eq!(r.ret, TC_ACT_REDIRECT, "forwarded to the backend's node");
+    let p = r.parsed();
+    assert_eq!((p.saddr, p.daddr), (Some(NODE), Some(REMOTE_POD)));
+    assert_eq!(p.dport, Some(8080));
+    let snat_port = p.sport.unwrap();
+    assert!((61000..65000).contains(&snat_port), "{snat_port}");
+    assert_eq!(
+        p.dmac,
+        MacAddr([2, 0, 0, 0, 0, 0xc8]),
+        "router MAC from the FIB"
+    );
+    assert_eq!(p.ttl, 63);
+    assert!(p.ip_csum_ok);
+    assert_eq!(p.l4_csum_ok, Some(true));
+    // Same connection again: same port.
+    let r = bed.run(Prog::FromNetdev, eth1, &pkt);
+    assert_eq!(r.parsed().sport, Some(snat_port));
+
+    // The backend's reply to node:snat_port goes back to the client from
+    // node:31000.
+    let reply = Packet::tcp(REMOTE_POD.octets(), 8080, NODE.octets(), snat_port, 0x12).build();
+    let r = bed.run(Prog::FromNetdev, eth1, &reply);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    let p = r.parsed();
+    assert_eq!((p.saddr, p.sport), (Some(NODE), Some(31000)));
+    assert_eq!((p.daddr, p.dport), (Some(CLIENT), Some(50000)));
+    assert!(p.ip_csum_ok);
+    assert_eq!(p.l4_csum_ok, Some(true));
+    let o = obs(&bed);
+    for want in [
+        ObsPoint::PreXlateFwd,
+        ObsPoint::PostXlateFwd,
+        ObsPoint::PreXlateRev,
+        ObsPoint::PostXlateRev,
+    ] {
+        assert!(o.contains(&want), "{want:?} in {o:?}");
+    }
+    let snat =
+        fibril_datapath::maps::HashTable::<fibril_abi::Ct4Key, fibril_abi::Lb4SnatValue>::open(
+            bed.pin_dir(),
+            fibril_abi::map_names::LB4_SNAT,
+        )
+        .unwrap()
+        .entries()
+        .unwrap();
+    assert_eq!(snat.len(), 2, "forward and reverse entries: {snat:?}");
+}

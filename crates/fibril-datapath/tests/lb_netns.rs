@@ -161,6 +161,14 @@ fn program(node: &TestNode, on_ctr: bool) -> LoadBalancer {
         backends: vec![b1, b2],
     })
     .unwrap();
+    // UDP NodePort whose only backend runs on k8s-ctr.
+    lb.upsert(&ServiceSpec {
+        frontend: Frontend::udp(Ipv4Addr::UNSPECIFIED, 31002),
+        svc_type: ServiceType::NodePort,
+        ext_traffic_local: false,
+        backends: vec![b1],
+    })
+    .unwrap();
     // eTP=Local: the only backend runs on k8s-ctr.
     lb.upsert(&ServiceSpec {
         frontend: Frontend::tcp(Ipv4Addr::UNSPECIFIED, 31001),
@@ -341,6 +349,12 @@ fn services_on_two_nodes() {
         4,
         "local and remote backends from both nodes: {seen:?}"
     );
+
+    // --- UDP NodePort via k8s-w0: SNAT to its IP towards b1 on k8s-ctr.
+    let ok = ok_answers(&query(&router, &script, "udp", W0_IP, 31002, 5));
+    eprintln!("UDP NodePort {W0_IP}:31002 from router: {ok:?}");
+    assert_eq!(ok.len(), 5);
+    assert!(ok.iter().all(|(n, p)| n == "b1" && *p == W0_IP), "{ok:?}");
 
     // --- eTP=Local: only k8s-ctr (with the backend) answers, client IP kept.
     let ok = ok_answers(&query(&router, &script, "tcp", CTR_IP, 31001, 5));
