@@ -318,6 +318,27 @@ pub fn sync<S: PrefixStore>(
     Ok(st)
 }
 
+/// What the agent calls when the config changes (and at start): makes the
+/// node's `fibril_ipmasq` match `enabled` + `config`.
+pub fn apply(
+    maps: &crate::Maps,
+    enabled: bool,
+    config: &IpMasqConfig,
+) -> Result<SyncStats, IpMasqError> {
+    let mut map = maps
+        .ipmasq()
+        .map_err(|e| map_err("open", String::new(), e))?;
+    sync(&mut map, &desired_prefixes(enabled, config))
+}
+
+/// `bpf ipmasq list` of a node's pinned map.
+pub fn list(maps: &crate::Maps) -> Result<String, IpMasqError> {
+    let map = maps
+        .ipmasq()
+        .map_err(|e| map_err("open", String::new(), e))?;
+    Ok(format_list(&map.prefixes()?))
+}
+
 /// `cilium-dbg bpf ipmasq list` format: a header, then one prefix a line.
 pub fn format_list<'a>(prefixes: impl IntoIterator<Item = &'a Prefix4>) -> String {
     let mut out = String::from("IP PREFIX/ADDRESS\n");

@@ -360,6 +360,13 @@ impl Nat {
     }
 }
 
+/// One GC pass for the agent: NAT pairs against the node's conntrack
+/// table (see [`Nat::gc`]).
+pub fn gc_node(maps: &crate::Maps, now_ns: u64, timeouts: &NatTimeouts) -> Result<GcStats> {
+    let ct = maps.conntrack()?.entries()?;
+    Nat::open(maps.dir())?.gc(now_ns, timeouts, Some(&ct))
+}
+
 /// Orders entries: each `OUT` (by source, destination) followed by its
 /// `IN` partner, then orphans.
 pub fn order_pairs(all: Vec<NatEntry>) -> Vec<NatEntry> {

@@ -45,8 +45,18 @@ fn curl(pod: &TestNetns, extra: &str, max_time: u32) -> (bool, String) {
     )
 }
 
-/// One 2-second iperf3 run to the router; Gbit/s received (0 on failure).
-fn iperf_gbps(pod: &TestNetns) -> f64 {
+/// One 2-second iperf3 run from `pod` to a one-off server on the router;
+/// Gbit/s received (0 on failure).
+fn iperf_gbps(router: &TestNetns, pod: &TestNetns) -> f64 {
+    let _server = router.spawn("iperf3 -s -1 -p 5201");
+    let listening = fibril_datapath::testing::fixture::eventually(Duration::from_secs(10), || {
+        let o = router.sh_output("ss -ltnH 'sport = :5201'");
+        (!String::from_utf8_lossy(&o.stdout).trim().is_empty()).then_some(())
+    });
+    if listening.is_none() {
+        eprintln!("iperf3 server did not start");
+        return 0.0;
+    }
     let mut out = String::new();
     for _ in 0..20 {
         // the server may still be starting
@@ -60,7 +70,10 @@ fn iperf_gbps(pod: &TestNetns) -> f64 {
     if !out.contains("sum_received") {
         eprintln!(
             "iperf3 failed: {}",
-            out.chars().take(600).collect::<String>()
+            out.lines()
+                .filter(|l| l.contains("\"error\""))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     // "sum_received": { ... "bits_per_second": N ... }
@@ -208,17 +221,16 @@ fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
     }
 
     // Throughput through SNAT (a figure, not asserted).
-    let _iperf = router.spawn("iperf3 -s -1 -p 5201");
-    let masq_gbps = iperf_gbps(&ctr.pod(a).ns);
+    let masq_gbps = iperf_gbps(&router, &ctr.pod(a).ns);
     eprintln!("masq_tcp_tput_gbps {masq_gbps:.2}");
 
     // 3. ip-masq-agent with the seeds' nonMasqueradeCIDRs: the pod IP stays;
     // without a route back on the router the SYN gets no answer.
     let masq =
         IpMasqConfig::parse(r#"{"nonMasqueradeCIDRs":["10.10.1.0/24","10.10.2.0/24"]}"#).unwrap();
-    let mut map = ctr.maps().ipmasq().unwrap();
-    ipmasq::sync(&mut map, &ipmasq::desired_prefixes(true, &masq)).unwrap();
-    let listing = ipmasq::format_list(&ipmasq::PrefixStore::prefixes(&map).unwrap());
+    let st = ipmasq::apply(&ctr.maps(), true, &masq).unwrap();
+    assert_eq!(st.added.len(), 3);
+    let listing = ipmasq::list(&ctr.maps()).unwrap();
     eprintln!("bpf ipmasq list:\n{listing}");
     assert_eq!(
         listing,
@@ -256,13 +268,31 @@ fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
         !wire.contains(&format!("IP {NODE}.")),
         "not masqueraded: {wire}"
     );
-    let _iperf = router.spawn("iperf3 -s -1 -p 5201");
-    let plain_gbps = iperf_gbps(&ctr.pod(a).ns);
+    let plain_gbps = iperf_gbps(&router, &ctr.pod(a).ns);
     eprintln!("nomasq_tcp_tput_gbps {plain_gbps:.2}");
     if plain_gbps > 0.0 {
         eprintln!("masq_vs_nomasq_tput {:.2}", masq_gbps / plain_gbps);
     }
     router.sh("ip route del 10.244.0.0/24 via 192.168.10.100");
+
+    // GC against conntrack: closed TCP connections go after the closing
+    // timeout, the rest stays.
+    let before = nat.entries().unwrap().len();
+    let st = fibril_datapath::nat::gc_node(
+        &ctr.maps(),
+        monotonic_ns(),
+        &fibril_datapath::NatTimeouts::default(),
+    )
+    .unwrap();
+    eprintln!("nat gc now: {st:?} of {before}");
+    let st = fibril_datapath::nat::gc_node(
+        &ctr.maps(),
+        monotonic_ns() + 7 * 3600 * 1_000_000_000,
+        &fibril_datapath::NatTimeouts::default(),
+    )
+    .unwrap();
+    eprintln!("nat gc +7h: {st:?}");
+    assert!(nat.entries().unwrap().is_empty(), "all pairs expire");
 
     drop(ctr);
     fabric.down().unwrap();
