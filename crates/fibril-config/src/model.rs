@@ -255,6 +255,9 @@ pub struct Config {
     /// `loadBalancer.ipPool`: CIDRs LoadBalancer IPs are allocated from (empty: none).
     #[serde(rename = "loadBalancerIPPool")]
     pub load_balancer_ip_pool: Vec<Ipv4Net>,
+    /// `installNoConntrackIptablesRules`: accepted so the seeds' Helm commands apply
+    /// unchanged; Fibril installs no iptables rules, so it has no effect.
+    pub install_no_conntrack_iptables_rules: bool,
 }
 
 const fn net(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Net {
@@ -284,6 +287,7 @@ impl Default for Config {
             k8s_node_cidr_mask_size: 24,
             k8s_service_cidr: net(10, 96, 0, 0, 16),
             load_balancer_ip_pool: Vec::new(),
+            install_no_conntrack_iptables_rules: false,
         }
     }
 }
@@ -559,6 +563,12 @@ pub(crate) static KEYS: &[KeyDef] = &[
         |c, k, v| c.k8s_service_cidr = parse_cidr(k, v)?
     ),
     key!(
+        "installNoConntrackIptablesRules",
+        "install-no-conntrack-iptables-rules",
+        |c| Some(c.install_no_conntrack_iptables_rules.to_string()),
+        |c, k, v| c.install_no_conntrack_iptables_rules = parse_bool(k, v)?
+    ),
+    key!(
         "loadBalancer.ipPool",
         "lb-ip-pool",
         |c| opt_nonempty(format_cidr_list(&c.load_balancer_ip_pool)),
@@ -629,6 +639,8 @@ impl Config {
     /// Helm `--set` syntax (`{a,b}` lists). Cross-field checks run in
     /// [`Config::validate`]; this only checks the value itself. On error nothing changes.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        // `k="{a,b}"` as typed without a shell: the quotes are not part of the value.
+        let value = unquote(value);
         if let Some(def) = KEYS.iter().find(|d| d.helm == key) {
             let mut next = self.clone();
             (def.set)(&mut next, key, value)?;

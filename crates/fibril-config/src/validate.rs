@@ -171,6 +171,13 @@ impl Config {
                 ));
             }
         }
+        if self.install_no_conntrack_iptables_rules {
+            warn(
+                &mut warnings,
+                "installNoConntrackIptablesRules",
+                "has no effect: Fibril installs no iptables rules".into(),
+            );
+        }
         if self.bgp.enabled && self.bgp.peers.is_empty() {
             warn(
                 &mut warnings,

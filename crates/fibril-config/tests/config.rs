@@ -359,3 +359,28 @@ async fn store_load_save() {
     assert_eq!(got, c);
     assert!(rev > 0);
 }
+
+#[test]
+fn seed_003_helm_sets_apply_unchanged() {
+    // helm upgrade ... --set routingMode=tunnel --set tunnelProtocol=vxlan
+    //   --set autoDirectNodeRoutes=false --set installNoConntrackIptablesRules=false
+    let c = with(&[
+        "routingMode=tunnel",
+        "tunnelProtocol=vxlan",
+        "autoDirectNodeRoutes=false",
+        "installNoConntrackIptablesRules=false",
+    ]);
+    assert!(c.validate().unwrap().is_empty());
+    // Values typed with quotes (no shell in between) lose them.
+    let q = with(&[
+        "ipam.mode=\"cluster-pool\"",
+        "ipam.operator.clusterPoolIPv4PodCIDRList=\"{172.20.0.0/16}\"",
+        "ipMasqAgent.config.nonMasqueradeCIDRs='{10.10.1.0/24,10.10.2.0/24}'",
+    ]);
+    assert_eq!(q.ipam.mode, IpamMode::ClusterPool);
+    assert_eq!(q.ipam.cluster_pool_ipv4_pod_cidr_list.len(), 1);
+    assert_eq!(
+        q.ip_masq_agent.non_masquerade_cidrs.as_ref().unwrap().len(),
+        2
+    );
+}
