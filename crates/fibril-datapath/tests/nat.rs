@@ -574,3 +574,34 @@ fn icmp_errors_about_masqueraded_flows_go_back_to_the_pod() {
         }
     }
 }
+
+#[test]
+fn loads_and_translates_with_every_feature_on() {
+    // The verifier sees nat.h next to lb.h, encap.h and policy in one
+    // program: it must still load, and SNAT must still apply.
+    let mut bed = bed(DatapathConfig {
+        load_balancing: true,
+        policy: true,
+        trace_from: true,
+        tunnel: fibril_datapath::Tunnel::Vxlan { port: 8472 },
+        ..config()
+    });
+    let syn = Packet::tcp(POD_A.octets(), 45678, REMOTE.octets(), 80, 0x02).build();
+    let r = bed.run(Prog::ToNetdev, 1, &syn);
+    assert_eq!(r.ret, TC_ACT_OK);
+    assert_eq!(r.parsed().saddr, Some(NODE));
+    let synack = Packet::tcp(REMOTE.octets(), 80, NODE.octets(), 45678, 0x12).build();
+    let r = bed.run(Prog::FromNetdev, 1, &synack);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    assert_eq!(r.parsed().daddr, Some(POD_A));
+    // The SNAT is reported as to-network with the translated source.
+    let ev = bed.events();
+    assert!(
+        ev.iter()
+            .any(|f| f.obs_point == fibril_abi::ObsPoint::ToNetwork
+                && f.src_ip == NODE
+                && f.dst_ip == REMOTE
+                && f.src_identity == 1001),
+        "{ev:?}"
+    );
+}
