@@ -42,6 +42,8 @@ static __always_inline int to_local_endpoint(struct __sk_buff *skb, struct pkt4 
 		tc->src_identity = ipcache_identity4(p->saddr);
 	ct_lookup4(skb, p, 0, &ct);
 	tc->ct_state = ct.state;
+	if (ct.state != CT_STATE_NEW && !ct.report)
+		tc->flags |= TRACE_F_QUIET;
 	if (ct.state == CT_STATE_NEW) {
 		ret = ct_create4(skb, p, 0, tc->src_identity, 0, 0, 0);
 		if (IS_DROP(ret))

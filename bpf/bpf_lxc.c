@@ -51,6 +51,8 @@ static __always_inline int from_container_ipv4(struct __sk_buff *skb, struct pkt
 
 	ct_lookup4(skb, p, 0, &ct);
 	tc->ct_state = ct.state;
+	if (ct.state != CT_STATE_NEW && !ct.report)
+		tc->flags |= TRACE_F_QUIET;
 	if (ct.state == CT_STATE_NEW) {
 		ret = ct_create4(skb, p, 0, tc->src_identity, lb.rev_nat_index,
 				 lb.backend_id, lb.ct_flags);

@@ -50,6 +50,8 @@
 #define FEAT_POLICY (1U << 3)      /* policy enforcement (policy.h) */
 #define FEAT_MASQ_LINK_LOCAL (1U << 4) /* ipMasqAgent.masqLinkLocal */
 #define FEAT_TRACE_FROM (1U << 5)  /* emit from-* trace events too */
+#define FEAT_TRACE_AGGREGATE (1U << 6) /* trace only new flows, new TCP flags,
+					  * and once per CT_REPORT_INTERVAL */
 
 #define TUNNEL_PROTO_NONE 0
 #define TUNNEL_PROTO_VXLAN 1

@@ -18,10 +18,12 @@
 #define CT_TIMEOUT_TCP_ESTABLISHED (21600ULL * NSEC_PER_SEC)
 #define CT_TIMEOUT_TCP_CLOSE (10ULL * NSEC_PER_SEC)
 #define CT_TIMEOUT_NON_TCP (60ULL * NSEC_PER_SEC)
+/* Trace aggregation: report a direction of a connection at least this often. */
+#define CT_REPORT_INTERVAL_S 5
 
 struct ct_result {
 	__u8 state;           /* CT_STATE_* (trace.h) */
-	__u8 pad;
+	__u8 report;          /* 1: new TCP flags or report interval due */
 	__u16 flags;          /* CT_F_* after this packet */
 	__u16 rev_nat_index;
 	__u16 pad2;
@@ -114,6 +116,19 @@ static __always_inline int ct_lookup4(struct __sk_buff *skb, const struct pkt4 *
 	}
 	now = bpf_ktime_get_ns();
 	{
+		__u32 now_s = (__u32)(now / NSEC_PER_SEC);
+		__u8 seen = reply ? v->tcp_flags_rev : v->tcp_flags_fwd;
+		__u32 last = reply ? v->last_report_rev : v->last_report_fwd;
+
+		if ((p->tcp_flags & ~seen) || now_s - last >= CT_REPORT_INTERVAL_S) {
+			res->report = 1;
+			if (reply)
+				v->last_report_rev = now_s;
+			else
+				v->last_report_fwd = now_s;
+		}
+	}
+	{
 		__u16 flags = v->flags;
 
 		if (p->proto == IPPROTO_TCP)
@@ -176,6 +191,7 @@ static __always_inline int ct_create4(struct __sk_buff *skb, const struct pkt4 *
 	v.backend_id = backend_id;
 	v.flags = flags;
 	v.ifindex = (__u16)skb->ifindex;
+	v.last_report_fwd = (__u32)(now / NSEC_PER_SEC);
 	err = bpf_map_update_elem(&fibril_ct4, &key, &v, BPF_NOEXIST);
 	if (err == -17 /* EEXIST: another CPU created it first */)
 		return 0;

@@ -122,6 +122,8 @@ struct ct4_value {
 	__u8 tcp_flags_fwd;  /* union of TCP flags seen, forward */
 	__u8 tcp_flags_rev;  /* union of TCP flags seen, reply */
 	__u16 ifindex;       /* ingress interface of the first packet (low 16 bits) */
+	__u32 last_report_fwd; /* trace aggregation: last reported, ktime seconds */
+	__u32 last_report_rev;
 };
 
 struct {

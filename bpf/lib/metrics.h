@@ -16,6 +16,7 @@
 #define METRIC_EVENTS_LOST 250        /* ring buffer full */
 #define METRIC_EVENTS_RATE_LIMITED 251 /* dropped by the per-CPU limiter */
 #define METRIC_EVENTS_SAMPLED_OUT 252  /* trace events skipped by sampling */
+#define METRIC_EVENTS_AGGREGATED 253   /* trace events skipped by aggregation */
 
 static __always_inline void metrics_add(__u8 dir, __u8 reason, __u64 bytes)
 {

@@ -4,8 +4,11 @@
  * flow_event, mirrored by fibril_abi::FlowEvent and decoded into
  * fibril_datapath::Flow.
  *
- * Flood protection: trace events are sampled 1-in-N (fibril_config
- * .trace_sample) and every event passes a per-CPU token bucket of
+ * Flood protection: with FEAT_TRACE_AGGREGATE (Cilium's "medium" monitor
+ * aggregation) a connection is traced when it is new, when a TCP flag shows
+ * up for the first time in a direction, and at most once per
+ * CT_REPORT_INTERVAL otherwise; trace events are sampled 1-in-N
+ * (fibril_config.trace_sample) and every event passes a per-CPU token bucket of
  * fibril_config.events_rate_limit events/s. Nothing is silent: a full ring
  * buffer, a rate-limited and a sampled-out event each bump their counter in
  * fibril_metrics.
@@ -84,6 +87,7 @@ struct trace_ctx {
 };
 
 #define TRACE_F_FROM_OVERLAY (1 << 0) /* set by encap.h after decapsulation */
+#define TRACE_F_QUIET (1 << 1)        /* conntrack: nothing new to report */
 
 static __always_inline int events_rate_ok(void)
 {
@@ -181,6 +185,10 @@ static __always_inline void send_trace(struct __sk_buff *skb, const struct pkt4 
 
 	if (n == 0)
 		return;
+	if (FEATURE(FEAT_TRACE_AGGREGATE) && tc && (tc->flags & TRACE_F_QUIET)) {
+		metrics_add(METRIC_DIR_NONE, METRIC_EVENTS_AGGREGATED, 0);
+		return;
+	}
 	if (n > 1 && bpf_get_prandom_u32() % n != 0) {
 		metrics_add(METRIC_DIR_NONE, METRIC_EVENTS_SAMPLED_OUT, 0);
 		return;

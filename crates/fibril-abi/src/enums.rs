@@ -194,6 +194,8 @@ pub mod features {
     pub const MASQ_LINK_LOCAL: u32 = 1 << 4;
     /// Also emit from-endpoint / from-network trace events.
     pub const TRACE_FROM: u32 = 1 << 5;
+    /// Trace aggregation (new flows, new TCP flags, every 5 s).
+    pub const TRACE_AGGREGATE: u32 = 1 << 6;
 }
 
 /// `ENDPOINT_F_*`.
@@ -312,6 +314,8 @@ pub mod metrics {
     pub const EVENTS_RATE_LIMITED: u8 = 251;
     /// Skipped by trace sampling.
     pub const EVENTS_SAMPLED_OUT: u8 = 252;
+    /// Skipped by trace aggregation.
+    pub const EVENTS_AGGREGATED: u8 = 253;
 
     /// Index of a counter.
     pub const fn key(dir: u8, reason: u8) -> u32 {

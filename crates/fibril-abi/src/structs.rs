@@ -189,6 +189,11 @@ abi_structs! {
         pub tcp_flags_rev: u8,
         /// Low 16 bits of the ifindex the first packet came in on.
         pub ifindex: u16,
+        /// Trace aggregation: last report of the original direction
+        /// (ktime seconds).
+        pub last_report_fwd: u32,
+        /// Same, reply direction.
+        pub last_report_rev: u32,
     }
 
     /// `fibril_nat4` value.
@@ -427,9 +432,9 @@ mod tests {
 
     #[test]
     fn known_sizes() {
-        assert_eq!(size_of::<NodeConfig>(), 56);
+        assert_eq!(size_of::<NodeConfig>(), 60);
         assert_eq!(size_of::<Ct4Key>(), 16);
-        assert_eq!(size_of::<Ct4Value>(), 64);
+        assert_eq!(size_of::<Ct4Value>(), 72);
         assert_eq!(size_of::<FlowEvent>(), 56);
         assert_eq!(size_of::<EndpointInfo>(), 24);
     }

@@ -76,6 +76,10 @@ pub struct DatapathConfig {
     /// Also emit from-endpoint / from-network trace events (Hubble shows
     /// only to-* by default; doubles the event volume).
     pub trace_from: bool,
+    /// Trace aggregation like Cilium's `monitorAggregation: medium`: a
+    /// connection is traced when new, when a TCP flag appears for the first
+    /// time in a direction, and every 5 s; drops are always reported.
+    pub trace_aggregation: bool,
     /// Emit 1 of N trace events (0 = no trace events, 1 = all). Drops are
     /// never sampled.
     pub trace_sample: u32,
@@ -104,6 +108,7 @@ impl Default for DatapathConfig {
             load_balancing: false,
             policy: false,
             trace_from: false,
+            trace_aggregation: false,
             trace_sample: 1,
             events_rate_limit: 100_000,
             pod_mtu: 1500,
@@ -164,6 +169,9 @@ impl DatapathConfig {
         }
         if self.trace_from {
             feats |= features::TRACE_FROM;
+        }
+        if self.trace_aggregation {
+            feats |= features::TRACE_AGGREGATE;
         }
         Ok(NodeConfig {
             node_ip: ip_be(self.node_ip),

@@ -458,6 +458,8 @@ pub struct EventCounters {
     pub rate_limited: u64,
     /// Trace events skipped by sampling (by design).
     pub sampled_out: u64,
+    /// Trace events skipped by aggregation (by design).
+    pub aggregated: u64,
 }
 
 /// `fibril_metrics`.
@@ -530,6 +532,9 @@ impl Metrics {
                 .packets,
             sampled_out: self
                 .get(metrics::DIR_NONE, metrics::EVENTS_SAMPLED_OUT)?
+                .packets,
+            aggregated: self
+                .get(metrics::DIR_NONE, metrics::EVENTS_AGGREGATED)?
                 .packets,
         })
     }

@@ -105,8 +105,11 @@ impl std::fmt::Display for DatapathStatus {
         }
         write!(
             f,
-            "Events:       lost {}, rate-limited {}, sampled out {}",
-            self.events.lost, self.events.rate_limited, self.events.sampled_out
+            "Events:       lost {}, rate-limited {}, sampled out {}, aggregated {}",
+            self.events.lost,
+            self.events.rate_limited,
+            self.events.sampled_out,
+            self.events.aggregated
         )
     }
 }

@@ -347,3 +347,45 @@ fn async_reader_receives_flows() {
     assert_eq!(flows[0].icmp_type, Some(8));
     assert_eq!(reader.lost_events().unwrap(), 0);
 }
+
+#[test]
+fn trace_aggregation_reports_new_flows_and_new_tcp_flags_only() {
+    let (mut bed, ia, ib) = new_bed(DatapathConfig {
+        trace_aggregation: true,
+        events_rate_limit: 0,
+        ..config()
+    });
+    // One ICMP flow, 1000 packets: reported once (new), the rest aggregated.
+    flood(&mut bed, ia, 1000);
+    let got = bed.events().len() as u64;
+    let c = bed.maps().metrics().unwrap().event_counters().unwrap();
+    eprintln!("aggregation: {got} events, {c:?}");
+    assert_eq!(got, 1);
+    assert_eq!(c.aggregated, 999);
+
+    // TCP: SYN (new), SYN-ACK (new flags, reply), ACK (new flag), PSH|ACK
+    // (new flag) are reported; further ACKs are not. Drops always are.
+    let a_to_b = |flags| Packet::tcp(POD_A.octets(), 40000, POD_B.octets(), 80, flags).build();
+    let b_to_a = |flags| Packet::tcp(POD_B.octets(), 80, POD_A.octets(), 40000, flags).build();
+    bed.run(Prog::FromContainer, ia, &a_to_b(0x02));
+    bed.run(Prog::FromContainer, ib, &b_to_a(0x12));
+    bed.run(Prog::FromContainer, ia, &a_to_b(0x10));
+    bed.run(Prog::FromContainer, ia, &a_to_b(0x18));
+    for _ in 0..10 {
+        bed.run(Prog::FromContainer, ia, &a_to_b(0x10));
+        bed.run(Prog::FromContainer, ib, &b_to_a(0x10));
+    }
+    let spoof = Packet::udp([10, 244, 0, 99], 1, POD_B.octets(), 2).build();
+    bed.run(Prog::FromContainer, ia, &spoof);
+    let ev = bed.events();
+    let flags: Vec<String> = ev
+        .iter()
+        .filter(|f| f.proto == 6)
+        .map(|f| f.tcp_flags.to_string())
+        .collect();
+    assert_eq!(flags, ["SYN", "SYN, ACK", "ACK", "ACK, PSH"], "{flags:?}");
+    assert_eq!(
+        ev.iter().filter(|f| f.verdict == Verdict::Dropped).count(),
+        1
+    );
+}
