@@ -179,10 +179,16 @@ impl Cache {
         if ttl == 0 {
             return None;
         }
+        // Clients never see a TTL above the cache's (CoreDNS does the same).
         let strip = |rs: &[Record]| -> Vec<Record> {
             rs.iter()
                 .filter(|r| r.record_type() != RecordType::OPT)
-                .cloned()
+                .map(|r| {
+                    let mut r = r.clone();
+                    let t = r.ttl().min(ttl);
+                    r.set_ttl(t);
+                    r
+                })
                 .collect()
         };
         let entry = Entry {
@@ -284,7 +290,7 @@ mod tests {
         let h = c
             .get(&key("a.example."), t0 + Duration::from_secs(10))
             .unwrap();
-        assert_eq!(h.answers[0].ttl(), 3590);
+        assert_eq!(h.answers[0].ttl(), 20);
         assert!(c
             .get(&key("a.example."), t0 + Duration::from_secs(31))
             .is_none());

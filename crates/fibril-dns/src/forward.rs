@@ -134,6 +134,11 @@ impl Forwarder {
         }
     }
 
+    /// Queries in flight now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
     /// Whether `qname` (lowercase fqdn) is forwarded by this plugin.
     pub fn matches(&self, qname: &str) -> bool {
         crate::corefile::in_zone(qname, &self.cfg.from)
