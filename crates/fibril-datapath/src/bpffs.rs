@@ -47,7 +47,28 @@ fn mount_bpffs(at: &Path) -> Result<()> {
         return Err(err(std::io::Error::last_os_error()));
     }
     tracing::info!(path = %at.display(), "mounted bpffs");
+    if private_mount_namespace() {
+        // E.g. under `ip netns exec`, which unshares the mount namespace and
+        // remounts /sys: this bpffs dies with the process, and with it the
+        // pins that should let programs and maps survive a restart.
+        tracing::warn!(
+            path = %at.display(),
+            "bpffs mounted in a private mount namespace: pins will not outlive this \
+             process; enter network namespaces with setns/nsenter --net, not ip netns exec"
+        );
+    }
     Ok(())
+}
+
+/// True if this process runs in another mount namespace than PID 1.
+pub fn private_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => false,
+    }
 }
 
 /// Makes sure `dir` exists on bpffs. Returns the mount point this call
