@@ -145,6 +145,12 @@ int cil_to_host(struct __sk_buff *skb)
 	if (parse_ipv4(skb, &p) < 0)
 		return TC_ACT_OK;
 	ret = to_local_endpoint(skb, &p, &tc, OBS_FROM_HOST, 0);
+	/* [encap] host -> remote pod in tunnel mode (the agent routes remote
+	 * pod CIDRs via fibril_host): encapsulated with the host identity. */
+	if (ret == CTX_CONTINUE && FEATURE(FEAT_TUNNEL)) {
+		tc.dst_identity = ipcache_identity4(p.daddr);
+		ret = encap4_from_endpoint(skb, &p, &tc);
+	}
 	if (ret == CTX_CONTINUE)
 		return TC_ACT_OK;
 	if (IS_DROP(ret))

@@ -89,7 +89,9 @@ static __always_inline __u16 ipv4_hdr_csum(struct iphdr *ip)
 	return (__u16)~sum;
 }
 
-/* bpf_lxc after policy, for non-local destinations: if ipcache says the
+/* bpf_lxc after policy, for non-local destinations (and bpf_host's
+ * cil_to_host for host -> remote pod, with the host identity): if ipcache
+ * says the
  * destination sits behind tunnel_endpoint, encapsulate (VNI = source
  * identity tc->src_identity), emit to-overlay and redirect to the underlay.
  * CTX_CONTINUE when the destination is not tunneled. */
@@ -296,7 +298,8 @@ static __always_inline int decap4_from_network(struct __sk_buff *skb, struct pkt
 		return -DROP_DECAP_FAILED;
 	if (parse_ipv4(skb, p) < 0)
 		return -DROP_DECAP_FAILED;
-	tc->src_identity = vni;
+	/* The sending node's own traffic is "remote-node" here. */
+	tc->src_identity = vni == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : vni;
 	tc->flags |= TRACE_F_FROM_OVERLAY;
 	return CTX_CONTINUE;
 }

@@ -268,6 +268,35 @@ fn encap_respects_the_underlay_mtu() {
     assert_eq!(m.drops(DropReason::FragNotSupported).unwrap(), 2);
 }
 
+#[test]
+fn host_to_remote_pod_is_encapsulated_with_the_host_identity() {
+    let mut b = bed(Tunnel::vxlan());
+    // Host stack -> fibril_host egress (route to the remote pod CIDR via
+    // fibril_host): cil_to_host encapsulates with identity host (1).
+    let pkt = Packet::icmp_echo(ROUTER.octets(), REMOTE_POD.octets(), 3, 1).build();
+    let r = b.bed.run(Prog::ToHost, b.lxc, &pkt);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    let d = decode(&r.data, Tunnel::vxlan()).unwrap();
+    assert_eq!((d.outer_src, d.outer_dst), (NODE, REMOTE_NODE));
+    assert_eq!(d.vni, fibril_abi::identity::HOST);
+    assert_eq!(d.inner, pkt);
+    // Received with VNI host (1): the sender is a remote node.
+    let inner = Packet::icmp_echo(REMOTE_POD.octets(), POD_A.octets(), 3, 1)
+        .macs(MacAddr([2, 0, 0, 0, 2, 1]), MacAddr([2, 0, 0, 0, 2, 2]))
+        .build();
+    let f = tunnel_frame(Tunnel::vxlan(), NODE, 1, &inner, None);
+    let r = b.bed.run(Prog::FromNetdev, b.eth1, &f);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    let ev = b.bed.events();
+    assert!(ev.iter().any(|f| f.obs_point == ObsPoint::FromOverlay
+        && f.src_identity == fibril_abi::identity::REMOTE_NODE));
+    // A local destination from the host is still delivered locally.
+    let local = Packet::icmp_echo(ROUTER.octets(), POD_A.octets(), 3, 1).build();
+    let r = b.bed.run(Prog::ToHost, b.lxc, &local);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    assert_eq!(r.data.len(), local.len(), "not encapsulated");
+}
+
 fn check_decap(tunnel: Tunnel) {
     let mut b = bed(tunnel);
     let inner = remote_inner();

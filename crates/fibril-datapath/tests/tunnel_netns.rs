@@ -163,7 +163,7 @@ fn tunnel_across_router(tunnel: Tunnel, tag: &str) {
     let pcap = dir.path().join("tunnel.pcap");
     let port = tunnel.port().unwrap();
     let cap = router.spawn(&format!(
-        "tcpdump -i any -nn -U -w {} udp port {port}",
+        "tcpdump -i any -nn -U --immediate-mode -w {} udp port {port}",
         pcap.display()
     ));
     assert!(
@@ -192,6 +192,33 @@ fn tunnel_across_router(tunnel: Tunnel, tag: &str) {
         n.to_string(),
         "4 MiB over TCP through MTU 1450 pods"
     );
+    // Host -> remote pod: the agent routes remote pod CIDRs via
+    // fibril_host (as Cilium does via cilium_host); cil_to_host
+    // encapsulates with the host identity, seen as remote-node remotely.
+    // fibril_host is NOARP (like cilium_host): the kernel would otherwise
+    // ARP for the remote pod (the gateway being a local address) and
+    // nobody answers; cil_to_host takes the packet before any MAC matters.
+    ctr.ns.sh("ip link set fibril_host arp off && \
+         ip route add 10.244.1.0/24 via 10.244.0.1 dev fibril_host src 10.244.0.1 mtu 1450");
+    assert!(
+        eventually(Duration::from_secs(10), || ping(&ctr.ns, POD_B, 1)
+            .then_some(()))
+        .is_some(),
+        "{tunnel:?}: node k8s-ctr -> pod on k8s-w0"
+    );
+    let got = tcp_transfer(&w0.pod(b).ns, &ctr.ns, POD_B, 8082, 0);
+    assert_eq!(
+        got.trim(),
+        format!("hello-from-{POD_B}"),
+        "TCP node -> remote pod"
+    );
+    // Everything sent so far is in the file before tcpdump is killed.
+    let _ = eventually(Duration::from_secs(5), || {
+        tshark(&pcap, tunnel)
+            .iter()
+            .any(|r| r.first().is_some_and(|s| s.ends_with(",10.244.0.1")))
+            .then_some(())
+    });
     let _ = cap.finish();
     // A throughput figure (printed, not asserted), not captured.
     let srv = w0.pod(b).ns.spawn("iperf3 -s -1 -p 5201");
@@ -224,6 +251,7 @@ fn tunnel_across_router(tunnel: Tunnel, tag: &str) {
     let ba = format!("{W0_IP},{POD_B}");
     let mut seen_ab = 0;
     let mut seen_ba = 0;
+    let mut seen_host = 0;
     for r in &rows {
         assert_eq!(r.len(), 5, "{r:?}");
         assert_eq!(r[2], port.to_string(), "UDP port {r:?}");
@@ -232,17 +260,26 @@ fn tunnel_across_router(tunnel: Tunnel, tag: &str) {
             assert_eq!(vni(&r[3]), ID_A, "VNI {r:?}");
             seen_ab += 1;
         } else if r[0] == ba {
-            assert_eq!(r[1], format!("{CTR_IP},{POD_A}"), "{r:?}");
+            assert!(
+                r[1] == format!("{CTR_IP},{POD_A}") || r[1] == format!("{CTR_IP},10.244.0.1"),
+                "{r:?}"
+            );
             assert_eq!(vni(&r[3]), ID_B, "VNI {r:?}");
             seen_ba += 1;
+        } else if r[0] == "192.168.10.100,10.244.0.1" {
+            assert_eq!(r[1], format!("{W0_IP},{POD_B}"), "{r:?}");
+            assert_eq!(vni(&r[3]), 1, "host identity {r:?}");
+            seen_host += 1;
         } else {
             panic!("unexpected tunnel packet {r:?}");
         }
     }
+    let kinds: std::collections::BTreeSet<String> = rows.iter().map(|r| r.join(" ")).collect();
+    assert!(seen_host > 0, "host -> remote pod encapsulated: {kinds:?}");
     assert!(rows.iter().any(|r| r[4] == "17,1"), "ICMP inside");
     assert!(rows.iter().any(|r| r[4] == "17,6"), "TCP inside");
     eprintln!(
-        "{tunnel:?}: {} tunnel packets on the router ({seen_ab} A->B, {seen_ba} B->A), e.g. {:?}",
+        "{tunnel:?}: {} tunnel packets on the router ({seen_ab} A->B, {seen_ba} B->A, {seen_host} node->B), e.g. {:?}",
         rows.len(),
         rows[0]
     );
@@ -292,6 +329,12 @@ fn tunnel_across_router(tunnel: Tunnel, tag: &str) {
         .find(|f| f.obs_point == ObsPoint::FromOverlay && f.src_ip == POD_A)
         .expect("from-overlay on k8s-w0");
     assert_eq!(from.src_identity, ID_A, "identity from the VNI");
+    assert!(
+        flows_w0.iter().any(|f| f.obs_point == ObsPoint::FromOverlay
+            && f.src_ip == Ipv4Addr::new(10, 244, 0, 1)
+            && f.src_identity == fibril_abi::identity::REMOTE_NODE),
+        "the other node's traffic arrives as remote-node"
+    );
     eprintln!("k8s-w0 flow: {from}");
     let drops: Vec<_> = flows
         .iter()
