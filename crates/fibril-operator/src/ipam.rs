@@ -206,6 +206,7 @@ impl IpamState {
     pub async fn reconfigure(
         &mut self,
         store: &dyn Store,
+        previous: &Config,
         config: &Config,
     ) -> Result<(), OperatorError> {
         match &mut self.alloc {
@@ -217,6 +218,7 @@ impl IpamState {
                 .map_err(|e| OperatorError::Config(e.to_string()))?,
             Allocator::MultiPool(_) => {
                 ensure_auto_pools(store, config).await?;
+                update_changed_auto_pools(store, previous, config).await?;
                 self.sync_pools(store).await?;
             }
             Allocator::None => {}
@@ -425,6 +427,46 @@ pub async fn ensure_auto_pools(store: &dyn Store, config: &Config) -> Result<(),
             }
             Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the auto-created pools whose settings changed between `previous` and
+/// `config` into their FibrilPodIPPool objects (a grown CIDR list applies live; at
+/// start-up existing objects are left alone, see [`ensure_auto_pools`]).
+async fn update_changed_auto_pools(
+    store: &dyn Store,
+    previous: &Config,
+    config: &Config,
+) -> Result<(), StoreError> {
+    for spec in config.auto_create_pool_specs() {
+        let before = previous
+            .auto_create_pool_specs()
+            .into_iter()
+            .find(|p| p.name == spec.name);
+        if before.as_ref() == Some(&spec) {
+            continue;
+        }
+        loop {
+            let Some(mut obj) = store.get_as::<FibrilPodIPPool>(None, &spec.name).await? else {
+                break;
+            };
+            let fresh = FibrilPodIPPool::new(&spec.name, spec.cidrs.clone(), spec.mask_size);
+            let s = obj.spec.get_or_insert_with(Default::default);
+            let want = fresh.spec.and_then(|f| f.ipv4);
+            if s.ipv4 == want {
+                break;
+            }
+            s.ipv4 = want;
+            match store.update_as(&obj).await {
+                Ok(_) => {
+                    info!(pool = %spec.name, cidrs = ?spec.cidrs, mask = spec.mask_size, "auto-created pod IP pool updated from config");
+                    break;
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())

@@ -349,7 +349,11 @@ impl Operator {
             self.ipam = IpamState::restore(self.store.as_ref(), &new, self.opts.manage_node_cidrs)
                 .await
                 .map_err(|e| e.to_string())?;
-        } else if let Err(e) = self.ipam.reconfigure(self.store.as_ref(), &new).await {
+        } else if let Err(e) = self
+            .ipam
+            .reconfigure(self.store.as_ref(), &self.config, &new)
+            .await
+        {
             error!(error = %e, "config change cannot be applied; keeping the previous IPAM settings");
             return Ok(());
         }

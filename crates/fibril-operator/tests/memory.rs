@@ -549,3 +549,103 @@ async fn concurrent_identity_allocation_agrees() {
     assert_eq!(ids.len(), 1);
     assert_eq!(identities(&store).await.len(), 1);
 }
+
+#[tokio::test]
+async fn mode_switch_keeps_old_cidrs_until_node_recreated_and_pool_growth_applies() {
+    init_tracing();
+    let store = memory_store();
+    let k8s = config(&["ipam.mode=kubernetes"]);
+    fibril_config::store::save(store.as_ref(), &k8s)
+        .await
+        .unwrap();
+    let op = start(&store, &k8s, fast_opts());
+    // The agent (kubernetes mode) copied its Node's podCIDR into the FibrilNode.
+    add_node(&store, "k8s-ctr").await;
+    update_node(&store, "k8s-ctr", |n| {
+        n.spec.get_or_insert_with(Default::default).ipam = Some(fibril_api::fibril::NodeIpamSpec {
+            pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
+            ..Default::default()
+        });
+    })
+    .await;
+    // S1 step 3: switch to cluster-pool.
+    let mut cp = k8s.clone();
+    cp.apply_sets([
+        "ipam.mode=cluster-pool",
+        "ipam.operator.clusterPoolIPv4PodCIDRList={172.20.0.0/16}",
+    ])
+    .unwrap();
+    fibril_config::store::save(store.as_ref(), &cp)
+        .await
+        .unwrap();
+    // A new node gets a cluster-pool block; once it has one the switch was applied.
+    add_node(&store, "k8s-w1").await;
+    let w1 = eventually("w1 cluster-pool block", || async {
+        let c = pod_cidrs(&store, "k8s-w1").await;
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    assert_eq!(w1, vec![net("172.20.0.0/24")]);
+    assert_eq!(
+        pod_cidrs(&store, "k8s-ctr").await,
+        vec![net("10.244.0.0/24")]
+    );
+    // Deleting the FibrilNode (the agent re-creates it on restart) moves it over.
+    store
+        .delete_as::<fibril_api::FibrilNode>(None, "k8s-ctr", None)
+        .await
+        .unwrap();
+    add_node(&store, "k8s-ctr").await;
+    let ctr = eventually("ctr moved to cluster-pool", || async {
+        let c = pod_cidrs(&store, "k8s-ctr").await;
+        (c.first()?.prefix_len() == 24 && net("172.20.0.0/16").contains(&c[0])).then_some(c)
+    })
+    .await;
+    assert_eq!(ctr, vec![net("172.20.1.0/24")]);
+
+    // Multi-pool: growing the auto-created pool's list through the config applies live.
+    let mut mp = cp.clone();
+    mp.apply_sets([
+        "ipam.mode=multi-pool",
+        "ipam.operator.autoCreateCiliumPodIPPools.default.ipv4.cidrs={10.50.0.0/28}",
+        "ipam.operator.autoCreateCiliumPodIPPools.default.ipv4.maskSize=28",
+    ])
+    .unwrap();
+    fibril_config::store::save(store.as_ref(), &mp)
+        .await
+        .unwrap();
+    eventually("default pool", || async {
+        store
+            .get_as::<FibrilPodIPPool>(None, "default")
+            .await
+            .unwrap()
+    })
+    .await;
+    request(&store, "k8s-w1", &[("default", 10)]).await;
+    request(&store, "k8s-ctr", &[("default", 10)]).await;
+    // One /28 for two nodes needing 10 each: one of them is left waiting.
+    let starved = eventually("one node exhausted", || async {
+        for n in ["k8s-ctr", "k8s-w1"] {
+            if operator_error(&store, n).await.is_some() {
+                return Some(n);
+            }
+        }
+        None
+    })
+    .await;
+    let mut grown = mp.clone();
+    grown
+        .apply_set("ipam.operator.autoCreateCiliumPodIPPools.default.ipv4.cidrs={10.50.0.0/28,10.60.0.0/28}")
+        .unwrap();
+    fibril_config::store::save(store.as_ref(), &grown)
+        .await
+        .unwrap();
+    let a = eventually("starved node served after growth", || async {
+        pools_allocated(&node(&store, starved).await?)
+            .get("default")
+            .cloned()
+    })
+    .await;
+    assert_eq!(a, vec![net("10.60.0.0/28")]);
+    op.stop().await;
+}
