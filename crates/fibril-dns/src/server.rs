@@ -496,12 +496,17 @@ pub async fn handle(
             .and_then(|g| g.clone())
             .is_some_and(|p| p == qname);
         if is_probe {
+            // Seen once from our own probe; more means it came back through
+            // an upstream. CoreDNS exits; we stop the loop here and report
+            // not ready.
             let n = shared.loop_seen.fetch_add(1, Ordering::AcqRel) + 1;
-            if n > 2 && !shared.loop_detected.swap(true, Ordering::AcqRel) {
-                tracing::error!(name = %qname, "dns: loop detected: upstream forwards our own queries back to us; not ready");
+            if n > 2 {
+                if !shared.loop_detected.swap(true, Ordering::AcqRel) {
+                    tracing::error!(name = %qname, "dns: loop detected: an upstream forwards our own queries back to us; /ready fails");
+                }
+                return build(&req, Answer::error(ResponseCode::ServFail, "loop"))
+                    .and_then(|m| encode(m, &req, proto));
             }
-            return build(&req, Answer::error(ResponseCode::NXDomain, "loop"))
-                .and_then(|m| encode(m, &req, proto));
         }
     }
 

@@ -822,3 +822,140 @@ async fn reload_picks_up_corefile_changes() {
     let _ = tx.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_is_detected_and_broken() {
+    let (port, ready) = (free_port(), free_port());
+    let corefile = format!(
+        ".:{port} {{\n bind 127.0.0.1\n ready 127.0.0.1:{ready}\n loop\n forward . 127.0.0.1:{port}\n}}\n"
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = fibril_dns::RunOptions {
+        corefile: fibril_dns::CorefileSource::Text(corefile),
+        placeholders: Default::default(),
+    };
+    let task = tokio::spawn(fibril_dns::run(
+        opts,
+        Arc::new(ClusterIndex::new()),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while curl(ready, "/ready").await != "loop" {
+        assert!(Instant::now() < deadline, "loop never detected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadbalance_rotates_answers() {
+    let lab = Lab::start(Arc::new(cluster()), "").await;
+    let mut firsts = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let out = lab.dig("db.default.svc.cluster.local A").await;
+        firsts.insert(section(&out, "ANSWER")[0].clone());
+        if firsts.len() > 1 {
+            break;
+        }
+    }
+    assert_eq!(firsts.len(), 2, "answer order never changed: {firsts:?}");
+    lab.stop().await;
+}
+
+/// The seeds' node-local Corefile (placeholders and all, addresses moved to
+/// loopback test ports) in front of the cluster DNS: cluster names go to the
+/// cluster DNS over TCP, other names to the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_local_corefile_chains_to_cluster_dns() {
+    let lab = Lab::start(Arc::new(cluster()), "").await;
+    let (port, prom, health) = (free_port(), free_port(), free_port());
+    let seed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/corefile/seed002_nodelocal"),
+    )
+    .unwrap();
+    let corefile = seed
+        .replace("bind 169.254.20.10 10.96.0.10", "bind 127.0.0.1")
+        .replace(":53 {", &format!(":{port} {{"))
+        .replace("prometheus :9253", &format!("prometheus 127.0.0.1:{prom}"))
+        .replace(
+            "health 169.254.20.10:8080",
+            &format!("health 127.0.0.1:{health}"),
+        );
+    let mut placeholders = fibril_dns::Placeholders::new();
+    placeholders.insert(
+        "__PILLAR__CLUSTER__DNS__".into(),
+        vec![format!("127.0.0.1:{}", lab.port).parse().unwrap()],
+    );
+    placeholders.insert(
+        "__PILLAR__UPSTREAM__SERVERS__".into(),
+        vec![lab.upstream.addr],
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = fibril_dns::RunOptions {
+        corefile: fibril_dns::CorefileSource::Text(corefile),
+        placeholders,
+    };
+    let task = tokio::spawn(fibril_dns::run(
+        opts,
+        Arc::new(ClusterIndex::new()),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let dig = |args: &'static str| async move {
+        let out = tokio::process::Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=3"])
+            .args(args.split_whitespace())
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = dig("webpod.default.svc.cluster.local A").await;
+        if section(&out, "ANSWER")
+            .first()
+            .is_some_and(|l| l.ends_with("A 10.96.152.212"))
+        {
+            // The cluster DNS's authoritative flag passes through.
+            assert!(header_flags(&out).contains(&"aa".into()), "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-local never answered: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = dig("-x 10.96.152.212").await;
+    assert!(
+        section(&out, "ANSWER")[0].ends_with("PTR webpod.default.svc.cluster.local."),
+        "{out}"
+    );
+    let out = dig("www.test.lab A").await;
+    assert!(
+        section(&out, "ANSWER")[0].ends_with("A 192.0.2.10"),
+        "{out}"
+    );
+    // The cluster DNS saw the cluster names over TCP (force_tcp).
+    let m = curl(lab.metrics, "/metrics").await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("coredns_dns_requests_total")
+                && l.contains("proto=\"tcp\"")
+                && l.contains("zone=\".\"")),
+        "{m}"
+    );
+    // The node-local cache's own metrics and health.
+    let nm = curl(prom, "/metrics").await;
+    assert!(nm.contains("coredns_cache_misses_total"), "{nm}");
+    assert_eq!(curl(health, "/health").await, "OK");
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    lab.stop().await;
+}
