@@ -340,6 +340,28 @@ pub fn decode(frame: &[u8], tunnel: Tunnel) -> Option<Encapsulated> {
     })
 }
 
+/// Fuzz entry point: decodes `data` as VXLAN and as Geneve on the port
+/// found in its UDP header and checks the decoder's invariants. Returns how
+/// many decodings succeeded; panics only if an invariant breaks (the
+/// decoder itself never panics).
+pub fn fuzz_decode(data: &[u8]) -> usize {
+    let port = match data.get(36..38) {
+        Some(p) => u16::from_be_bytes([p[0], p[1]]).max(1),
+        None => VXLAN_PORT,
+    };
+    let mut ok = 0;
+    for tunnel in [Tunnel::Vxlan { port }, Tunnel::Geneve { port }] {
+        if let Some(d) = decode(data, tunnel) {
+            assert!(d.vni <= MAX_VNI, "{d:?}");
+            assert!(d.inner.len() >= 14, "{d:?}");
+            assert!(d.inner.len() + 50 + d.geneve_opt_len <= data.len(), "{d:?}");
+            assert_eq!(d.udp_dport, port);
+            ok += 1;
+        }
+    }
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
