@@ -384,3 +384,11 @@ fn seed_003_helm_sets_apply_unchanged() {
         2
     );
 }
+
+#[test]
+fn print_default_config_view() {
+    // Shows the flat form in test output (`cargo test -p fibril-config -- --nocapture`).
+    let c = Config::default();
+    print!("{}", c.to_flat());
+    assert_eq!(c.to_flat().lines().count(), c.to_flat_map().len());
+}
