@@ -62,6 +62,68 @@ struct Ty {
     extra: usize, // offset of the kind-specific data in `types`
 }
 
+/// Names of the maps an object defines (the variables of its `.maps`
+/// BTF data section).
+pub fn map_names(elf: &[u8]) -> Option<Vec<String>> {
+    let btf = btf_section(elf)?;
+    if u16_at(btf, 0)? != 0xeb9f {
+        return None;
+    }
+    let hdr_len = u32_at(btf, 4)? as usize;
+    let type_off = u32_at(btf, 8)? as usize;
+    let type_len = u32_at(btf, 12)? as usize;
+    let str_off = u32_at(btf, 16)? as usize;
+    let str_len = u32_at(btf, 20)? as usize;
+    let types = btf.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
+    let strs = btf.get(hdr_len + str_off..hdr_len + str_off + str_len)?;
+    let name = |off: u32| -> Option<String> {
+        let s = strs.get(off as usize..)?;
+        let end = s.iter().position(|&c| c == 0)?;
+        Some(String::from_utf8_lossy(&s[..end]).into_owned())
+    };
+    // (kind, name offset, extra offset, vlen) per type id.
+    let mut tys: Vec<(u32, u32, usize, usize)> = vec![(0, 0, 0, 0)];
+    let mut o = 0;
+    while o + 12 <= types.len() {
+        let info = u32_at(types, o + 4)?;
+        let vlen = (info & 0xffff) as usize;
+        let kind = (info >> 24) & 0x1f;
+        let extra = o + 12;
+        tys.push((kind, u32_at(types, o)?, extra, vlen));
+        o = extra + trailing_len(kind, vlen);
+    }
+    let mut out = Vec::new();
+    for &(kind, name_off, extra, vlen) in &tys {
+        if kind != 15 || name(name_off)? != ".maps" {
+            continue;
+        }
+        for i in 0..vlen {
+            let var = u32_at(types, extra + i * 12)? as usize;
+            let (vkind, vname, _, _) = *tys.get(var)?;
+            if vkind == 14 {
+                out.push(name(vname)?);
+            }
+        }
+    }
+    out.sort();
+    Some(out)
+}
+
+fn trailing_len(kind: u32, vlen: usize) -> usize {
+    match kind {
+        1 => 4,
+        3 => 12,
+        4 | 5 => vlen * 12,
+        6 => vlen * 8,
+        13 => vlen * 8,
+        14 => 4,
+        15 => vlen * 12,
+        17 => 4,
+        19 => vlen * 12,
+        _ => 0,
+    }
+}
+
 /// Every named struct of an object's BTF.
 pub fn structs(elf: &[u8]) -> Option<HashMap<String, BtfStruct>> {
     let btf = btf_section(elf)?;
@@ -90,18 +152,7 @@ pub fn structs(elf: &[u8]) -> Option<HashMap<String, BtfStruct>> {
         let vlen = (info & 0xffff) as usize;
         let kind = (info >> 24) & 0x1f;
         let extra = o + 12;
-        let trailing = match kind {
-            1 => 4,
-            3 => 12,
-            4 | 5 => vlen * 12,
-            6 => vlen * 8,
-            13 => vlen * 8,
-            14 => 4,
-            15 => vlen * 12,
-            17 => 4,
-            19 => vlen * 12,
-            _ => 0,
-        };
+        let trailing = trailing_len(kind, vlen);
         tys.push(Some(Ty {
             kind,
             name: name_off,
@@ -208,6 +259,30 @@ mod tests {
                 seen,
                 "struct {} not found in any object's BTF",
                 layout.c_name
+            );
+        }
+    }
+
+    /// Every map of every object is listed in `fibril_abi::map_names::ALL`
+    /// and has a layout check; every listed name exists in some object.
+    #[test]
+    fn every_map_is_listed_and_checked() {
+        let mut in_objects = std::collections::BTreeSet::new();
+        for o in Object::ALL {
+            for m in map_names(o.bytes()).expect("maps of object") {
+                in_objects.insert(m);
+            }
+        }
+        assert!(in_objects.contains("fibril_ct4"));
+        let listed: std::collections::BTreeSet<String> = fibril_abi::map_names::ALL
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(in_objects, listed, "maps.h vs fibril_abi::map_names::ALL");
+        for m in &listed {
+            assert!(
+                crate::maps::expected_sizes(m).is_some(),
+                "{m} has no entry in maps::expected_sizes()"
             );
         }
     }

@@ -161,6 +161,18 @@ impl Flow {
         })
     }
 
+    /// Wall-clock time of the event (the monotonic `time_ns` shifted by the
+    /// current offset between CLOCK_REALTIME and CLOCK_MONOTONIC).
+    pub fn system_time(&self) -> std::time::SystemTime {
+        let mono_now = crate::maps::monotonic_ns();
+        let now = std::time::SystemTime::now();
+        if self.time_ns <= mono_now {
+            now - std::time::Duration::from_nanos(mono_now - self.time_ns)
+        } else {
+            now + std::time::Duration::from_nanos(self.time_ns - mono_now)
+        }
+    }
+
     /// Protocol name (`TCP`, `UDP`, `ICMPv4`, or the number).
     pub fn proto_name(&self) -> String {
         match self.proto {

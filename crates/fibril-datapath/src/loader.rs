@@ -311,15 +311,9 @@ impl Datapath {
         for att in pinned_attachments(pin_dir)? {
             unpin_link(&att.path)?;
         }
-        let _ = std::fs::remove_dir(links_dir(pin_dir));
-        for name in map_names::ALL {
-            let p = pin_dir.join(name);
-            if p.exists() {
-                std::fs::remove_file(&p)
-                    .map_err(|e| DatapathError::io(format!("unpin {}", p.display()), e))?;
-            }
-        }
-        std::fs::remove_dir(pin_dir)
+        // The directory belongs to this node: unpin every map (also ones of
+        // an older binary) and whatever else was pinned there.
+        std::fs::remove_dir_all(pin_dir)
             .map_err(|e| DatapathError::io(format!("remove {}", pin_dir.display()), e))?;
         Ok(())
     }

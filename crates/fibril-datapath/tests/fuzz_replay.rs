@@ -49,6 +49,7 @@ fn btf_structs_corpus() {
     let obj = &c[0];
     for n in (0..obj.len()).step_by(97) {
         let _ = btf::structs(&obj[..n]);
+        let _ = btf::map_names(&obj[..n]);
     }
 }
 
@@ -63,6 +64,7 @@ proptest! {
     #[test]
     fn random_objects_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = btf::structs(&data);
+        let _ = btf::map_names(&data);
     }
 
     #[test]
@@ -73,5 +75,6 @@ proptest! {
         obj[i] = byte;
         let cut = cut.min(obj.len());
         let _ = btf::structs(&obj[..obj.len() - cut]);
+        let _ = btf::map_names(&obj[..obj.len() - cut]);
     }
 }
