@@ -212,6 +212,18 @@ fn tunnel_across_router(tunnel: Tunnel, tag: &str) {
         format!("hello-from-{POD_B}"),
         "TCP node -> remote pod"
     );
+    // Bulk both ways between the node and the remote pod (GSO packets
+    // encapsulated from cil_to_host, decapsulated to the host stack).
+    let got = tcp_transfer(&w0.pod(b).ns, &ctr.ns, POD_B, 8083, n);
+    assert_eq!(got.trim(), n.to_string(), "4 MiB node -> remote pod");
+    let got = tcp_transfer(
+        &ctr.ns,
+        &w0.pod(b).ns,
+        Ipv4Addr::new(10, 244, 0, 1),
+        8084,
+        n,
+    );
+    assert_eq!(got.trim(), n.to_string(), "4 MiB remote pod -> node");
     // Everything sent so far is in the file before tcpdump is killed.
     let _ = eventually(Duration::from_secs(5), || {
         tshark(&pcap, tunnel)
