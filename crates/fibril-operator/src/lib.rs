@@ -15,6 +15,8 @@
 //!   the next `/k8sNodeCIDRMaskSize` of `k8sClusterCIDR` in `spec.podCIDR(s)`.
 //! - **identities** ([`identity`]): one FibrilIdentity per distinct pod label set,
 //!   stable ids, GC after [`OperatorOptions::identity_gc_grace`].
+//! - **ip-masq-agent ConfigMap** ([`sync_ip_masq_agent`]): `kube-system/ip-masq-agent`
+//!   written from `ipMasqAgent.config.*` as Helm would.
 //!
 //! Restart safety: all allocator state is rebuilt from the objects in the store
 //! (FibrilNodes, Nodes, FibrilPodIPPools, FibrilIdentities) before anything is
@@ -286,6 +288,9 @@ impl Operator {
             }
             Work::Config => self.reload_config().await.map(|()| Outcome::Done),
             Work::ResyncAll => {
+                if let Err(e) = sync_ip_masq_agent(store.as_ref(), &self.config).await {
+                    warn!(error = %e, "ip-masq-agent ConfigMap not written");
+                }
                 self.enqueue_all_nodes().await;
                 self.queue.add(Work::Identities, Instant::now());
                 Ok(Outcome::Done)
@@ -362,6 +367,54 @@ impl Operator {
         self.queue.add(Work::Pools, Instant::now());
         self.queue.add(Work::ResyncAll, Instant::now());
         Ok(())
+    }
+}
+
+/// Namespace of the ip-masq-agent ConfigMap.
+pub const IP_MASQ_AGENT_NAMESPACE: &str = "kube-system";
+/// Name of the ip-masq-agent ConfigMap (its `config` key holds the JSON the agents read).
+pub const IP_MASQ_AGENT_CONFIGMAP: &str = "ip-masq-agent";
+
+/// Writes `kube-system/ip-masq-agent` (`data.config`, JSON as in the seeds:
+/// `{"nonMasqueradeCIDRs":["10.10.1.0/24","10.10.2.0/24"]}`) when the config sets
+/// `ipMasqAgent.config.nonMasqueradeCIDRs`, as Helm does. Without that key an existing
+/// ConfigMap (e.g. applied by hand) is left alone. Returns whether it wrote.
+pub async fn sync_ip_masq_agent(
+    store: &dyn fibril_store::Store,
+    config: &Config,
+) -> Result<bool, StoreError> {
+    let Some(json) = config.ip_masq_agent_config_json() else {
+        return Ok(false);
+    };
+    loop {
+        let current = store
+            .get_as::<ConfigMap>(Some(IP_MASQ_AGENT_NAMESPACE), IP_MASQ_AGENT_CONFIGMAP)
+            .await?;
+        let mut cm = current.clone().unwrap_or_else(|| ConfigMap {
+            metadata: fibril_api::ObjectMeta {
+                name: Some(IP_MASQ_AGENT_CONFIGMAP.into()),
+                namespace: Some(IP_MASQ_AGENT_NAMESPACE.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let data = cm.data.get_or_insert_with(Default::default);
+        if data.get("config") == Some(&json) {
+            return Ok(false);
+        }
+        data.insert("config".into(), json.clone());
+        let res = match current {
+            Some(_) => store.update_as(&cm).await,
+            None => store.create_as(&cm).await,
+        };
+        match res {
+            Ok(_) => {
+                info!(config = %json, "ip-masq-agent ConfigMap written");
+                return Ok(true);
+            }
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

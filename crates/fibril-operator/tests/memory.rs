@@ -649,3 +649,36 @@ async fn mode_switch_keeps_old_cidrs_until_node_recreated_and_pool_growth_applie
     assert_eq!(a, vec![net("10.60.0.0/28")]);
     op.stop().await;
 }
+
+#[tokio::test]
+async fn ip_masq_agent_configmap_follows_config() {
+    init_tracing();
+    let store = memory_store();
+    let cfg = config(&[]);
+    assert!(!fibril_operator::sync_ip_masq_agent(store.as_ref(), &cfg)
+        .await
+        .unwrap());
+    let op = start(&store, &cfg, fast_opts());
+    let mut up = cfg.clone();
+    up.apply_sets([
+        "ipMasqAgent.enabled=true",
+        "ipMasqAgent.config.nonMasqueradeCIDRs={10.10.1.0/24,10.10.2.0/24}",
+    ])
+    .unwrap();
+    fibril_config::store::save(store.as_ref(), &up)
+        .await
+        .unwrap();
+    let data = eventually("ip-masq-agent ConfigMap", || async {
+        store
+            .get_as::<fibril_api::ConfigMap>(Some("kube-system"), "ip-masq-agent")
+            .await
+            .unwrap()?
+            .data
+    })
+    .await;
+    assert_eq!(
+        data["config"],
+        r#"{"nonMasqueradeCIDRs":["10.10.1.0/24","10.10.2.0/24"]}"#
+    );
+    op.stop().await;
+}
