@@ -306,3 +306,48 @@ fn pinned_map_with_another_layout_is_refused() {
         "{msg}"
     );
 }
+
+#[test]
+fn links_of_deleted_interfaces_are_dropped_and_detach_removes_links() {
+    let mut bed = TestBed::new(
+        config(),
+        "ip link add lxca type veth peer name lxca-p && ip link add lxcb type veth peer name lxcb-p",
+    );
+    use fibril_datapath::{pinned_attachments, AttachOutcome, Datapath};
+    assert_eq!(
+        bed.dp.attach_endpoint("lxca").unwrap(),
+        AttachOutcome::Created
+    );
+    assert_eq!(
+        bed.dp.attach_endpoint("lxcb").unwrap(),
+        AttachOutcome::Created
+    );
+    assert_eq!(
+        bed.dp.attach_endpoint("lxcb").unwrap(),
+        AttachOutcome::Replaced
+    );
+    assert_eq!(pinned_attachments(bed.pin_dir()).unwrap().len(), 2);
+    // Pod deleted: its link is defunct; a restart drops it.
+    bed.ns.sh("ip link del lxca");
+    let kept = bed.dp.replace_pinned().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].ifname, "lxcb");
+    assert_eq!(pinned_attachments(bed.pin_dir()).unwrap().len(), 1);
+    // A re-created interface of the same name gets a fresh link.
+    bed.ns.sh("ip link add lxca type veth peer name lxca-p");
+    assert_eq!(
+        bed.dp.attach_endpoint("lxca").unwrap(),
+        AttachOutcome::Created
+    );
+    // Explicit detach.
+    assert_eq!(
+        Datapath::detach_interface(bed.pin_dir(), "lxcb").unwrap(),
+        1
+    );
+    let left = pinned_attachments(bed.pin_dir()).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].ifname, "lxca");
+    // Attaching to a missing interface names it.
+    let err = bed.dp.attach_endpoint("nope0").unwrap_err().to_string();
+    assert!(err.contains("nope0"), "{err}");
+}
