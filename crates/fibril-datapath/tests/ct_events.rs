@@ -389,3 +389,30 @@ fn trace_aggregation_reports_new_flows_and_new_tcp_flags_only() {
         1
     );
 }
+
+#[test]
+fn trace_from_adds_from_endpoint_and_from_network_points() {
+    let (mut bed, ia, _) = new_bed(DatapathConfig {
+        trace_from: true,
+        ..config()
+    });
+    let eth1 = bed.ns.ifindex("eth1");
+    let p = Packet::tcp(POD_A.octets(), 1, POD_B.octets(), 2, 0x02).build();
+    bed.run(Prog::FromContainer, ia, &p);
+    let p = Packet::tcp([10, 244, 1, 10], 80, POD_A.octets(), 1234, 0x02).build();
+    bed.run(Prog::FromNetdev, eth1, &p);
+    let points: Vec<(ObsPoint, Verdict)> = bed
+        .events()
+        .iter()
+        .map(|f| (f.obs_point, f.verdict))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            (ObsPoint::FromEndpoint, Verdict::Traced),
+            (ObsPoint::ToEndpoint, Verdict::Forwarded),
+            (ObsPoint::FromNetwork, Verdict::Traced),
+            (ObsPoint::ToEndpoint, Verdict::Forwarded),
+        ]
+    );
+}
