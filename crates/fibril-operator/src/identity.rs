@@ -37,7 +37,7 @@ pub const LABEL_NAMESPACE_LABELS: &str = "k8s:io.cilium.k8s.namespace.labels.";
 pub const CLUSTER_NAME: &str = "default";
 
 /// Pod labels that say nothing about security and change on every rollout.
-const IGNORED_POD_LABELS: &[&str] = &[
+pub const IGNORED_POD_LABELS: &[&str] = &[
     "pod-template-hash",
     "controller-revision-hash",
     "pod-template-generation",

@@ -24,6 +24,8 @@
 //!
 //! # FibrilNode contract between agent and operator
 //!
+//! Agent-side helpers: [`contract`].
+//!
 //! | field | written by | meaning |
 //! |---|---|---|
 //! | `spec.ipam.podCIDRs` | operator (cluster-pool); agent (kubernetes mode: copy of the Node's podCIDRs) | the node's pod CIDRs, in assignment order; the first is the original block |
@@ -39,6 +41,7 @@
 //! (watched: a grown CIDR list or a new auto-created pool applies live; a mode change
 //! rebuilds the allocators from the store), else from the `config` argument.
 
+pub mod contract;
 pub mod identity;
 mod ipam;
 mod queue;
