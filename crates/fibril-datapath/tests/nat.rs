@@ -294,17 +294,13 @@ fn port_exhaustion_drops_with_reason_and_leaves_no_half_entry() {
     assert!(entries
         .iter()
         .all(|e| *e.src.ip() != POD_C && *e.xlate.ip() != POD_C));
-    // A bad range is refused at load.
-    let e = fibril_datapath::Datapath::load(fibril_datapath::DatapathOptions {
-        pin_dir: bed.pin_dir().join("never"),
-        netns: bed.ns.netns(),
-        config: DatapathConfig {
-            snat_port_range: (50000, 40000),
-            ..config()
-        },
-    })
-    .err()
-    .unwrap();
+    // A bad range is refused when the config is turned into fibril_config.
+    let e = DatapathConfig {
+        snat_port_range: (50000, 40000),
+        ..config()
+    }
+    .to_abi(&fibril_datapath::Netns::Current)
+    .unwrap_err();
     assert!(e.to_string().contains("50000-40000"), "{e}");
 }
 
