@@ -220,6 +220,63 @@ fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
         );
     }
 
+    // 2b. A masqueraded TCP connection and a ping keep working while the
+    // programs are replaced (new load, pinned links replaced atomically):
+    // the NAT table lives in pinned maps.
+    let echo_srv = router.spawn("nc -l -p 7000");
+    let cli = ctr.pod(a).ns.spawn(&format!(
+        "sh -c 'echo before; sleep 2; echo after; sleep 1' | nc -q 1 -p 41000 {REMOTE} 7000"
+    ));
+    let pinger = ctr
+        .pod(b)
+        .ns
+        .spawn(&format!("ping -c 30 -i 0.1 -W 1 {REMOTE}"));
+    let tcp_port_before =
+        fibril_datapath::testing::fixture::eventually(Duration::from_secs(5), || {
+            nat.lookup_out(
+                6,
+                SocketAddrV4::new(a_ip, 41000),
+                SocketAddrV4::new(REMOTE, 7000),
+            )
+            .unwrap()
+        })
+        .expect("NAT entry of the nc connection");
+    let mut dp2 = fibril_datapath::Datapath::load(ctr.options(DatapathConfig {
+        masquerade: true,
+        ..ctr.config()
+    }))
+    .unwrap();
+    let replaced = dp2.replace_pinned().unwrap();
+    ctr.dp = Some(dp2);
+    eprintln!("replaced {} pinned attachments", replaced.len());
+    assert!(
+        replaced.len() >= 3,
+        "underlay + pods replaced: {replaced:?}"
+    );
+    let (ok, _, _) = cli.wait();
+    let (ping_ok, ping_out, _) = pinger.wait();
+    let (got, _) = echo_srv.finish();
+    eprintln!("nc server got: {got:?}");
+    assert!(ok, "nc client");
+    assert_eq!(got, "before\nafter\n", "TCP across the replacement");
+    let loss = ping_out
+        .lines()
+        .find(|l| l.contains("packet loss"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("ping across the replacement: {loss}");
+    assert!(ping_ok && loss.contains(" 0% packet loss"), "{ping_out}");
+    assert_eq!(
+        nat.lookup_out(
+            6,
+            SocketAddrV4::new(a_ip, 41000),
+            SocketAddrV4::new(REMOTE, 7000)
+        )
+        .unwrap(),
+        Some(tcp_port_before),
+        "same translation after the replacement"
+    );
+
     // Throughput through SNAT (a figure, not asserted).
     let masq_gbps = iperf_gbps(&router, &ctr.pod(a).ns);
     eprintln!("masq_tcp_tput_gbps {masq_gbps:.2}");
