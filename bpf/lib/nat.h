@@ -15,6 +15,9 @@
  * original id), then NAT_ALLOC_TRIES candidates of a tuple-hash-derived
  * sequence inside [snat_port_min, snat_port_max].
  *
+ * Replies of connections opened from outside towards a pod (conntrack has
+ * them as remote -> pod) are never translated.
+ *
  * Connections of the node itself leaving with source node_ip towards a
  * masqueraded destination get an identity pair (to_addr = node_ip, same
  * port), so pod translations never pick a port a host connection uses.
@@ -33,6 +36,7 @@
 #include "trace.h"
 #include "endpoints.h"
 #include "ipcache.h"
+#include "conntrack.h"
 
 #define NAT_PORT_MIN_DEFAULT 32768
 #define NAT_PORT_MAX_DEFAULT 60999
@@ -270,6 +274,16 @@ static __always_inline int nat4_snat_egress(struct __sk_buff *skb, struct pkt4 *
 		return host ? CTX_CONTINUE : -DROP_FRAG_NOT_SUPPORTED;
 	if (!nat_proto_ok(p, ICMP_ECHO))
 		return CTX_CONTINUE;
+	if (!host) {
+		/* A reply of a connection the remote side opened (the pod's CIDR
+		 * is routed to it): conntrack holds it as remote -> pod. Keep
+		 * the pod IP, the remote expects it. */
+		struct ct4_key ck;
+
+		ct4_key_from_pkt(&ck, p, 1, 0);
+		if (bpf_map_lookup_elem(&fibril_ct4, &ck))
+			return CTX_CONTINUE;
+	}
 
 	ret = nat4_get_or_create(p, host, &v);
 	if (ret < 0)

@@ -330,6 +330,29 @@ fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
     if plain_gbps > 0.0 {
         eprintln!("masq_vs_nomasq_tput {:.2}", masq_gbps / plain_gbps);
     }
+    // 4. Inbound: with the pod CIDR routed to the node and no ipmasq
+    // exception, the router opens a connection to the pod; the pod's
+    // replies must keep its IP (conntrack knows the flow as router -> pod).
+    ipmasq::apply(&ctr.maps(), false, &masq).unwrap();
+    let srv = ctr
+        .pod(a)
+        .ns
+        .spawn("sh -c 'echo hello-from-pod | nc -N -l 8080'");
+    let cap = capture(&router, "tcp port 8080");
+    let got = fibril_datapath::testing::fixture::eventually(Duration::from_secs(10), || {
+        let o = router.sh_output(&format!("nc -N -w 2 {a_ip} 8080 </dev/null"));
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.success() && !s.is_empty()).then_some(s)
+    });
+    let wire = stop(cap);
+    drop(srv);
+    eprintln!("router eth1 (router -> pod, inbound):\n{wire}");
+    assert_eq!(got.unwrap_or_default().trim(), "hello-from-pod");
+    assert!(
+        wire.contains(&format!("IP {a_ip}.8080 > 192.168.10.200.")),
+        "pod replies with its own IP: {wire}"
+    );
+    assert!(!wire.contains(&format!("IP {NODE}.")), "{wire}");
     router.sh("ip route del 10.244.0.0/24 via 192.168.10.100");
 
     // GC against conntrack: closed TCP connections go after the closing

@@ -601,3 +601,23 @@ fn loads_and_translates_with_every_feature_on() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn replies_of_inbound_connections_keep_the_pod_ip() {
+    let mut bed = bed(config());
+    // The remote connects to pod A directly (its CIDR is routed to the node).
+    let syn = Packet::tcp(REMOTE.octets(), 50123, POD_A.octets(), 8080, 0x02).build();
+    let r = bed.run(Prog::FromNetdev, 1, &syn);
+    assert_eq!(r.ret, TC_ACT_REDIRECT, "delivered to the pod");
+    let synack = Packet::tcp(POD_A.octets(), 8080, REMOTE.octets(), 50123, 0x12).build();
+    let r = bed.run(Prog::ToNetdev, 1, &synack);
+    assert_eq!(
+        (r.ret, &r.data),
+        (TC_ACT_OK, &synack),
+        "reply keeps the pod IP"
+    );
+    assert!(nat(&bed).entries().unwrap().is_empty());
+    // The pod's own connections to the same remote are still masqueraded.
+    let out = Packet::tcp(POD_A.octets(), 40000, REMOTE.octets(), 80, 0x02).build();
+    assert_eq!(bed.run(Prog::ToNetdev, 1, &out).parsed().saddr, Some(NODE));
+}
