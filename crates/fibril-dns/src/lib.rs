@@ -175,6 +175,22 @@ pub async fn run_with_store(
     run(opts, view, shutdown).await
 }
 
+/// Placeholder values for the node-local-dns Corefile templates:
+/// `__PILLAR__CLUSTER__DNS__` (the cluster DNS, reached with `force_tcp`)
+/// and `__PILLAR__UPSTREAM__SERVERS__` (the node's resolv.conf nameservers).
+pub fn node_local_placeholders(
+    cluster_dns: &[std::net::SocketAddr],
+    resolv_conf: &str,
+) -> Placeholders {
+    let mut p = Placeholders::new();
+    p.insert("__PILLAR__CLUSTER__DNS__".into(), cluster_dns.to_vec());
+    p.insert(
+        "__PILLAR__UPSTREAM__SERVERS__".into(),
+        forward::parse_resolv_conf(resolv_conf),
+    );
+    p
+}
+
 /// Fuzz entry point: the Corefile parser on arbitrary bytes. Never panics.
 pub fn fuzz_corefile(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
