@@ -12,8 +12,9 @@
  * so no half entry stays behind.
  *
  * Port choice: the pod's own port if it lies in the SNAT range (ICMP: the
- * original id), then NAT_ALLOC_TRIES candidates of a tuple-hash-derived
- * sequence inside [snat_port_min, snat_port_max].
+ * original id), then NAT_ALLOC_TRIES candidates min + mix(hash(tuple) + i *
+ * golden ratio) % range inside [snat_port_min, snat_port_max] (independent
+ * probes: at 80% occupancy 32 tries fail with probability 0.8^32).
  *
  * Replies of connections opened from outside towards a pod (conntrack has
  * them as remote -> pod) are never translated.
@@ -41,7 +42,7 @@
 #define NAT_PORT_MIN_DEFAULT 32768
 #define NAT_PORT_MAX_DEFAULT 60999
 #define NAT_ALLOC_TRIES 32
-#define NAT_HASH_STEP 40503U /* odd: walks a power-of-two range fully */
+#define NAT_HASH_STEP 0x9e3779b9U
 
 #define TCP_CSUM_OFF 16
 #define UDP_CSUM_OFF 6
@@ -83,6 +84,16 @@ static __always_inline int nat_dst_excluded(__be32 daddr)
 		   ic->sec_identity == IDENTITY_HOST))
 		return 1;
 	return bpf_map_lookup_elem(&fibril_ipmasq, &mk) != 0;
+}
+
+static __always_inline __u32 nat_mix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x7feb352dU;
+	h ^= h >> 15;
+	h *= 0x846ca68bU;
+	h ^= h >> 16;
+	return h;
 }
 
 static __always_inline __u32 nat_hash(const struct pkt4 *p)
@@ -212,7 +223,8 @@ static __always_inline int nat4_get_or_create(const struct pkt4 *p, int keep_por
 		} else {
 			if (keep_port)
 				break;
-			port = min + (h + (i - 1) * NAT_HASH_STEP) % range;
+			/* Independent probes: linear ones cluster. */
+			port = min + nat_mix(h + i * NAT_HASH_STEP) % range;
 		}
 		nat_ingress_key(&ik, p, bpf_htons((__u16)port));
 		err = bpf_map_update_elem(&fibril_nat4, &ik, &iv, BPF_NOEXIST);

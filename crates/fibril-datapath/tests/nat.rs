@@ -621,3 +621,37 @@ fn replies_of_inbound_connections_keep_the_pod_ip() {
     let out = Packet::tcp(POD_A.octets(), 40000, REMOTE.octets(), 80, 0x02).build();
     assert_eq!(bed.run(Prog::ToNetdev, 1, &out).parsed().saddr, Some(NODE));
 }
+
+#[test]
+fn many_flows_to_one_destination_get_distinct_ports() {
+    // 800 flows from three pods to one remote ip:port in a range of 1000
+    // ports (80% full at the end): every flow gets its own node port and a
+    // consistent pair.
+    let mut bed = bed(DatapathConfig {
+        snat_port_range: (40000, 40999),
+        ..config()
+    });
+    let mut seen = std::collections::HashSet::new();
+    let mut shot = 0;
+    for i in 0..800u16 {
+        let pod = [POD_A, POD_B, POD_C][usize::from(i % 3)];
+        let sport = 20000 + i; // outside the range: always reallocated
+        let udp = Packet::udp(pod.octets(), sport, REMOTE.octets(), 53).build();
+        let r = bed.run(Prog::ToNetdev, 1, &udp);
+        if r.ret == TC_ACT_SHOT {
+            shot += 1;
+            continue;
+        }
+        let p = r.parsed();
+        assert_eq!(p.saddr, Some(NODE));
+        let nport = p.sport.unwrap();
+        assert!((40000..=40999).contains(&nport));
+        assert!(seen.insert(nport), "node port {nport} handed out twice");
+    }
+    eprintln!("{} flows translated, {shot} without a port", seen.len());
+    assert_eq!(shot, 0);
+    let entries = nat(&bed).entries().unwrap();
+    assert_eq!(entries.len(), 1600);
+    let keys: std::collections::HashSet<_> = entries.iter().map(|e| e.key()).collect();
+    assert!(entries.iter().all(|e| keys.contains(&e.partner_key())));
+}
