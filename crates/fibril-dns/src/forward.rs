@@ -38,15 +38,17 @@ pub enum ForwardError {
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    pub pool: TcpPool,
     fails: AtomicU32,
     down: AtomicBool,
     probing: AtomicBool,
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, expire: Duration) -> Self {
         Self {
             addr,
+            pool: TcpPool::new(expire),
             fails: AtomicU32::new(0),
             down: AtomicBool::new(false),
             probing: AtomicBool::new(false),
@@ -122,11 +124,12 @@ impl Drop for InflightGuard {
 
 impl Forwarder {
     pub fn new(cfg: ForwardConfig, addrs: Vec<SocketAddr>, metrics: Arc<Metrics>) -> Self {
+        let expire = cfg.expire;
         Self {
             cfg,
             upstreams: addrs
                 .into_iter()
-                .map(|a| Arc::new(Upstream::new(a)))
+                .map(|a| Arc::new(Upstream::new(a, expire)))
                 .collect(),
             inflight: Arc::new(AtomicUsize::new(0)),
             rr: AtomicUsize::new(0),
@@ -192,7 +195,7 @@ impl Forwarder {
                 .get_or_create(&Metrics::l(&[("to", &to)]))
                 .inc();
             let start = Instant::now();
-            match exchange(up.addr, req, use_tcp).await {
+            match exchange_with(up.addr, req, use_tcp, Some(&up.pool)).await {
                 Ok(mut resp) => {
                     up.fails.store(0, Ordering::Relaxed);
                     let rcode = resp.response_code().to_string().to_uppercase();
@@ -282,12 +285,66 @@ pub enum ExchangeError {
     Bad(String),
 }
 
+/// Idle TCP connections to one upstream, reused until `expire` (CoreDNS's
+/// forward keeps connections the same way); node-local mode forwards every
+/// cluster query over TCP, so a handshake per query would dominate.
+#[derive(Debug)]
+pub struct TcpPool {
+    idle: std::sync::Mutex<Vec<(TcpStream, Instant)>>,
+    expire: Duration,
+}
+
+/// Idle connections kept per upstream.
+const POOL_MAX_IDLE: usize = 16;
+
+impl TcpPool {
+    pub fn new(expire: Duration) -> Self {
+        Self {
+            idle: std::sync::Mutex::new(Vec::new()),
+            expire,
+        }
+    }
+
+    fn take(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((s, at)) = idle.pop() {
+            if at.elapsed() < self.expire {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, s: TcpStream) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < POOL_MAX_IDLE {
+                idle.push((s, Instant::now()));
+            }
+        }
+    }
+
+    /// Idle connections now (tests, debugging).
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
 /// One query/response exchange with `addr` (a fresh query ID; UDP falls
 /// back to TCP on TC).
 pub async fn exchange(
     addr: SocketAddr,
     req: &Message,
     tcp: bool,
+) -> Result<Message, ExchangeError> {
+    exchange_with(addr, req, tcp, None).await
+}
+
+/// [`exchange`], reusing TCP connections from `pool`.
+pub async fn exchange_with(
+    addr: SocketAddr,
+    req: &Message,
+    tcp: bool,
+    pool: Option<&TcpPool>,
 ) -> Result<Message, ExchangeError> {
     let mut q = req.clone();
     let id = fastrand::u16(..);
@@ -301,9 +358,26 @@ pub async fn exchange(
             return Ok(resp);
         }
     }
-    tokio::time::timeout(TRY_TIMEOUT, tcp_exchange(addr, &bytes, &q))
-        .await
-        .map_err(|_| ExchangeError::Timeout)?
+    tokio::time::timeout(TRY_TIMEOUT, async {
+        if let Some(s) = pool.and_then(TcpPool::take) {
+            // A pooled connection may have been closed by the server while
+            // idle: on any error, fall through to a fresh one.
+            if let Ok((m, s)) = tcp_exchange(s, &bytes, &q).await {
+                if let Some(p) = pool {
+                    p.put(s);
+                }
+                return Ok(m);
+            }
+        }
+        let s = TcpStream::connect(addr).await?;
+        let (m, s) = tcp_exchange(s, &bytes, &q).await?;
+        if let Some(p) = pool {
+            p.put(s);
+        }
+        Ok(m)
+    })
+    .await
+    .map_err(|_| ExchangeError::Timeout)?
 }
 
 fn matches_query(resp: &Message, q: &Message) -> bool {
@@ -345,11 +419,10 @@ async fn udp_exchange(
 }
 
 async fn tcp_exchange(
-    addr: SocketAddr,
+    mut s: TcpStream,
     bytes: &[u8],
     q: &Message,
-) -> Result<Message, ExchangeError> {
-    let mut s = TcpStream::connect(addr).await?;
+) -> Result<(Message, TcpStream), ExchangeError> {
     let len =
         u16::try_from(bytes.len()).map_err(|_| ExchangeError::Bad("query too long".into()))?;
     let mut framed = Vec::with_capacity(bytes.len() + 2);
@@ -362,7 +435,7 @@ async fn tcp_exchange(
         s.read_exact(&mut buf).await?;
         let m = Message::from_vec(&buf).map_err(|e| ExchangeError::Bad(e.to_string()))?;
         if matches_query(&m, q) {
-            return Ok(m);
+            return Ok((m, s));
         }
     }
 }

@@ -100,6 +100,7 @@ struct Upstream {
     addr: SocketAddr,
     queries: Arc<AtomicU32>,
     tcp_queries: Arc<AtomicU32>,
+    tcp_conns: Arc<AtomicU32>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -118,6 +119,7 @@ async fn start_upstream() -> Upstream {
     let tcp = TcpListener::bind(addr).await.unwrap();
     let queries = Arc::new(AtomicU32::new(0));
     let tcp_queries = Arc::new(AtomicU32::new(0));
+    let tcp_conns = Arc::new(AtomicU32::new(0));
     let q1 = queries.clone();
     let t1 = tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
@@ -137,12 +139,13 @@ async fn start_upstream() -> Upstream {
             let _ = udp.send_to(&bytes, src).await;
         }
     });
-    let (q2, tq) = (queries.clone(), tcp_queries.clone());
+    let (q2, tq, tc) = (queries.clone(), tcp_queries.clone(), tcp_conns.clone());
     let t2 = tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = tcp.accept().await else {
                 continue;
             };
+            tc.fetch_add(1, Ordering::SeqCst);
             let (q2, tq) = (q2.clone(), tq.clone());
             tokio::spawn(async move {
                 while let Ok(n) = s.read_u16().await {
@@ -169,6 +172,7 @@ async fn start_upstream() -> Upstream {
         addr,
         queries,
         tcp_queries,
+        tcp_conns,
         tasks: vec![t1, t2],
     }
 }
@@ -680,6 +684,16 @@ async fn forward_marks_dead_upstream_down_and_fails_over() {
     let tcp_before = up.tcp_queries.load(Ordering::SeqCst);
     t.forward(&query("www.test.lab."), false).await.unwrap();
     assert_eq!(up.tcp_queries.load(Ordering::SeqCst), tcp_before + 1);
+    // The connection is kept and reused.
+    assert_eq!(t.upstreams[0].pool.idle(), 1);
+    let conns = up.tcp_conns.load(Ordering::SeqCst);
+    t.forward(&query("www.test.lab."), false).await.unwrap();
+    assert_eq!(
+        up.tcp_conns.load(Ordering::SeqCst),
+        conns,
+        "pooled connection reused"
+    );
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), tcp_before + 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
