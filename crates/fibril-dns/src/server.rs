@@ -383,6 +383,7 @@ pub fn rcode_name(rc: ResponseCode) -> String {
         ResponseCode::NXDomain => "NXDOMAIN".into(),
         ResponseCode::NotImp => "NOTIMP".into(),
         ResponseCode::Refused => "REFUSED".into(),
+        ResponseCode::BADVERS => "BADVERS".into(),
         other => format!("RCODE{}", u16::from(other)),
     }
 }
@@ -444,6 +445,11 @@ pub async fn handle(
     }
     if req.queries().len() != 1 {
         return Some(raw_error(data, ResponseCode::FormErr));
+    }
+    if req.extensions().as_ref().is_some_and(|e| e.version() > 0) {
+        // RFC 6891: unknown EDNS version.
+        return build(&req, Answer::error(ResponseCode::BADVERS, ""))
+            .and_then(|m| encode(m, &req, proto));
     }
     let q = req.queries()[0].clone();
     let mut qname = q.name().to_ascii().to_ascii_lowercase();

@@ -472,6 +472,12 @@ async fn cluster_zone_answers() {
         "{out}"
     );
 
+    // Unknown EDNS version: BADVERS.
+    let out = lab
+        .dig("+edns=1 +noednsneg webpod.default.svc.cluster.local A")
+        .await;
+    assert_eq!(status(&out), "BADVERS", "{out}");
+
     // ANY in the cluster zone: the addresses, bounded.
     let out = lab.dig("webpod.default.svc.cluster.local ANY").await;
     assert_eq!(status(&out), "NOERROR", "{out}");
@@ -972,4 +978,45 @@ async fn node_local_corefile_chains_to_cluster_dns() {
     let _ = tx.send(());
     task.await.unwrap().unwrap();
     lab.stop().await;
+}
+
+/// Shutdown with `health { lameduck }`: /ready fails at once (so endpoints
+/// drain) while DNS keeps answering until the lameduck period ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lameduck_keeps_answering_while_not_ready() {
+    let (port, health, ready) = (free_port(), free_port(), free_port());
+    let corefile = format!(
+        ".:{port} {{\n bind 127.0.0.1\n health 127.0.0.1:{health} {{\n  lameduck 3s\n }}\n ready 127.0.0.1:{ready}\n kubernetes cluster.local\n}}\n"
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = fibril_dns::RunOptions {
+        corefile: fibril_dns::CorefileSource::Text(corefile),
+        placeholders: Default::default(),
+    };
+    let task = tokio::spawn(fibril_dns::run(opts, Arc::new(cluster()), async {
+        let _ = rx.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(ready, "/ready").await != "OK" {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tx.send(());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(ready, "/ready").await != "lameduck" {
+        assert!(Instant::now() < deadline, "never in lameduck");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(curl(health, "/health").await, "OK");
+    let out = tokio::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2"])
+        .args(["webpod.default.svc.cluster.local", "A"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    task.await.unwrap().unwrap();
+    // Stopped: the port is free again.
+    assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok());
 }
