@@ -12,7 +12,8 @@
 //! - [`metrics`]: CoreDNS-named Prometheus metrics.
 //!
 //! Entry points: [`run`] (Corefile + any [`ClusterView`], until `shutdown`
-//! resolves, reloading the Corefile file when it has `reload`), and
+//! resolves, reloading the Corefile file or ConfigMap when it has
+//! `reload`), and
 //! [`run_with_store`] (the same, fed from the cluster store). Node-local
 //! mode is a Corefile (bind 169.254.20.10 + kube-dns IP, forward cluster
 //! zones with `force_tcp` to `__PILLAR__CLUSTER__DNS__`) plus
@@ -41,11 +42,35 @@ pub use corefile::{parse as parse_corefile, Corefile, CorefileError};
 pub use metrics::Metrics;
 pub use server::{start, Placeholders, Running, ServerError};
 
-/// Where the Corefile comes from. Only a file can be reloaded.
-#[derive(Debug, Clone)]
+/// Where the Corefile comes from. A file or a ConfigMap can be reloaded
+/// (with the `reload` directive).
+#[derive(Clone)]
 pub enum CorefileSource {
     Text(String),
     Path(PathBuf),
+    /// `data[key]` of a ConfigMap in the cluster store (the lab's
+    /// `kube-system/coredns`, key `Corefile`).
+    ConfigMap {
+        store: fibril_store::SharedStore,
+        namespace: String,
+        name: String,
+        key: String,
+    },
+}
+
+impl std::fmt::Debug for CorefileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text(t) => f.debug_tuple("Text").field(&t.len()).finish(),
+            Self::Path(p) => f.debug_tuple("Path").field(p).finish(),
+            Self::ConfigMap {
+                namespace,
+                name,
+                key,
+                ..
+            } => write!(f, "ConfigMap({namespace}/{name}[{key}])"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -68,15 +93,40 @@ pub enum DnsError {
     Corefile(#[from] CorefileError),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("read Corefile from {0}: {1}")]
+    ConfigMap(String, String),
 }
 
-fn load(src: &CorefileSource) -> Result<(String, Corefile), DnsError> {
+async fn load(src: &CorefileSource) -> Result<(String, Corefile), DnsError> {
     let text = match src {
         CorefileSource::Text(t) => t.clone(),
         CorefileSource::Path(p) => std::fs::read_to_string(p).map_err(|source| DnsError::Read {
             path: p.clone(),
             source,
         })?,
+        CorefileSource::ConfigMap {
+            store,
+            namespace,
+            name,
+            key,
+        } => {
+            let what = format!("ConfigMap {namespace}/{name} key {key}");
+            let obj = store
+                .get(&fibril_store::ObjectKey::new(
+                    "ConfigMap",
+                    Some(namespace),
+                    name,
+                ))
+                .await
+                .map_err(|e| DnsError::ConfigMap(what.clone(), e.to_string()))?
+                .ok_or_else(|| DnsError::ConfigMap(what.clone(), "not found".into()))?;
+            obj.value
+                .get("data")
+                .and_then(|d| d.get(key.as_str()))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| DnsError::ConfigMap(what, "no such data key".into()))?
+                .to_string()
+        }
     };
     let cf = corefile::parse(&text)?;
     Ok((text, cf))
@@ -113,7 +163,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DnsError> {
     let metrics = Arc::new(Metrics::new());
-    let (mut text, mut cf) = load(&opts.corefile)?;
+    let (mut text, mut cf) = load(&opts.corefile).await?;
     let mut running = start_retry(&cf, &cluster, &metrics, &opts.placeholders, 1).await?;
     tracing::info!(addrs = ?running.dns_addrs, http = ?running.http_addrs, "dns: serving");
     tokio::pin!(shutdown);
@@ -126,7 +176,7 @@ pub async fn run(
             .filter(|d| !d.is_zero())
             .min();
         let wait = match (&opts.corefile, reload) {
-            (CorefileSource::Path(_), Some(d)) => d,
+            (CorefileSource::Path(_) | CorefileSource::ConfigMap { .. }, Some(d)) => d,
             _ => Duration::from_secs(3600 * 24 * 365),
         };
         tokio::select! {
@@ -136,7 +186,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep(wait) => {}
         }
-        let (new_text, new_cf) = match load(&opts.corefile) {
+        let (new_text, new_cf) = match load(&opts.corefile).await {
             Ok(x) => x,
             Err(e) => {
                 metrics.reload_failures.inc();

@@ -1020,3 +1020,57 @@ async fn lameduck_keeps_answering_while_not_ready() {
     // Stopped: the port is free again.
     assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok());
 }
+
+/// The Corefile read from a ConfigMap in the store (the lab's
+/// kube-system/coredns) and reloaded when the ConfigMap changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corefile_from_configmap_reloads() {
+    use fibril_store::{MemoryStore, ObjectKey, SharedStore};
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let port = free_port();
+    let cm = |ttl: u32| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "coredns", "namespace": "kube-system"},
+            "data": {"Corefile": format!(".:{port} {{\n bind 127.0.0.1\n reload 1s\n kubernetes cluster.local {{\n  ttl {ttl}\n }}\n}}\n")}})
+    };
+    let key = ObjectKey::new("ConfigMap", Some("kube-system"), "coredns");
+    store.put(&key, cm(30)).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = fibril_dns::RunOptions {
+        corefile: fibril_dns::CorefileSource::ConfigMap {
+            store: store.clone(),
+            namespace: "kube-system".into(),
+            name: "coredns".into(),
+            key: "Corefile".into(),
+        },
+        placeholders: Default::default(),
+    };
+    let task = tokio::spawn(fibril_dns::run(opts, Arc::new(cluster()), async {
+        let _ = rx.await;
+    }));
+    let wait_ttl = |ttl: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = tokio::process::Command::new("dig")
+                .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2"])
+                .args(["webpod.default.svc.cluster.local", "A"])
+                .output()
+                .await
+                .unwrap();
+            let out = String::from_utf8_lossy(&out.stdout).to_string();
+            if section(&out, "ANSWER")
+                .first()
+                .is_some_and(|l| l.split(' ').nth(1) == Some(ttl))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ttl {ttl} never seen: {out}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_ttl("30").await;
+    store.put(&key, cm(9)).await.unwrap();
+    wait_ttl("9").await;
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
