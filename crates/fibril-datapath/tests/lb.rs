@@ -537,14 +537,13 @@ fn bench_program_10k_services_100k_backends() {
 #[test]
 fn nodeport_remote_backend_is_snated_and_reply_restored() {
     // An underlay with the router as neighbour so the FIB lookup resolves.
-    let bed = TestBed::new(
+    let mut bed = TestBed::new(
         config(),
         "ip link add eth1 type veth peer name eth1p && ip link set eth1 up && ip link set eth1p up \
          && ip addr add 192.168.10.100/24 dev eth1 && sysctl -qw net.ipv4.ip_forward=1 \
          && ip neigh replace 192.168.10.200 lladdr 02:00:00:00:00:c8 dev eth1 nud permanent \
          && ip route add 10.244.1.0/24 via 192.168.10.200",
     );
-    let mut bed = bed;
     let eth1 = bed.ns.ifindex("eth1");
     let mut lb = LoadBalancer::open(&bed.maps()).unwrap();
     lb.upsert(&ServiceSpec {
