@@ -133,16 +133,37 @@ impl Datapath {
     /// Loads both objects with the node's constants, creating or reusing the
     /// pinned maps. Programs are loaded but not attached.
     pub fn load(opts: DatapathOptions) -> Result<Self> {
+        // Validate before touching bpffs, so a bad config leaves nothing behind.
+        let config = opts.config.to_abi(&opts.netns)?;
         let mounted = bpffs::ensure_bpffs(&opts.pin_dir)?;
+        let fresh = !opts.pin_dir.exists();
         std::fs::create_dir_all(links_dir(&opts.pin_dir))
             .map_err(|e| DatapathError::io(format!("create {}", opts.pin_dir.display()), e))?;
-        check_pinned_layouts(&opts.pin_dir)?;
-        let config = opts.config.to_abi(&opts.netns)?;
+        let loaded = Self::load_objects(&opts.pin_dir, &config);
+        if loaded.is_err() && fresh {
+            // A first load that failed must not leave pins or directories behind.
+            if let Err(e) = std::fs::remove_dir_all(&opts.pin_dir) {
+                tracing::warn!(pin_dir = %opts.pin_dir.display(), error = %e, "cleanup after failed load");
+            }
+        }
+        let objects = loaded?;
+        tracing::info!(pin_dir = %opts.pin_dir.display(), "datapath loaded");
+        Ok(Self {
+            pin_dir: opts.pin_dir,
+            netns: opts.netns,
+            config,
+            objects,
+            mounted,
+        })
+    }
+
+    fn load_objects(pin_dir: &Path, config: &NodeConfig) -> Result<HashMap<Object, Ebpf>> {
+        check_pinned_layouts(pin_dir)?;
         let mut objects = HashMap::new();
         for obj in Object::ALL {
             let mut ebpf = EbpfLoader::new()
-                .default_map_pin_directory(&opts.pin_dir)
-                .override_global("fibril_config", &config, true)
+                .default_map_pin_directory(pin_dir)
+                .override_global("fibril_config", config, true)
                 .load(obj.bytes())
                 .map_err(|e| DatapathError::Load {
                     object: obj.name(),
@@ -158,14 +179,7 @@ impl Datapath {
             }
             objects.insert(obj, ebpf);
         }
-        tracing::info!(pin_dir = %opts.pin_dir.display(), "datapath loaded");
-        Ok(Self {
-            pin_dir: opts.pin_dir,
-            netns: opts.netns,
-            config,
-            objects,
-            mounted,
-        })
+        Ok(objects)
     }
 
     /// The node's pin directory.
