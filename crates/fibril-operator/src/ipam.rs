@@ -527,14 +527,15 @@ fn reconcile_cluster_pool(pool: &mut ClusterPool, node: &mut FibrilNode) -> Outc
         }
     }
     let blocks = pool.node_blocks(&name).to_vec();
+    let pool_cidrs = pool.cidrs();
     let spec = ipam_spec_mut(node);
-    let mut want: Vec<IpNet> = spec
-        .pod_cidrs
-        .iter()
-        .copied()
-        .filter(|c| matches!(c, IpNet::V6(_)))
-        .collect();
-    want.splice(0..0, blocks.iter().map(|b| IpNet::V4(*b)));
+    // Pool blocks first (assignment order), then whatever else the node lists: IPv6, and
+    // IPv4 CIDRs from another IPAM mode that may still hold pods.
+    let mut want: Vec<IpNet> = blocks.iter().map(|b| IpNet::V4(*b)).collect();
+    want.extend(spec.pod_cidrs.iter().copied().filter(|c| match c {
+        IpNet::V4(c) => !pool_cidrs.iter().any(|p| p.contains(c)),
+        IpNet::V6(_) => true,
+    }));
     if spec.pod_cidrs != want {
         info!(node = %name, cidrs = ?blocks, "cluster-pool podCIDRs");
         spec.pod_cidrs = want;

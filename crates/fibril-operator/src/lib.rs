@@ -138,23 +138,24 @@ pub async fn run_with(
     opts: OperatorOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), OperatorError> {
-    let config = if opts.use_stored_config {
-        match fibril_config::store::load(store.as_ref()).await {
-            Ok(Some((c, _))) => c,
-            Ok(None) => config,
-            Err(fibril_config::store::LoadError::Store(e)) => return Err(e.into()),
-            Err(e) => {
-                warn!(error = %e, "stored config unusable; using the given config");
-                config
+    tokio::pin!(shutdown);
+    // The store may be down when the operator starts (etcd restarting): keep trying
+    // until it answers or we are told to stop.
+    let mut delay = Duration::from_millis(100);
+    let (config, ipam) = loop {
+        match start_state(&store, &config, &opts).await {
+            Ok(v) => break v,
+            Err(OperatorError::Store(e)) => {
+                warn!(error = %e, ?delay, "store not ready; retrying the start-up restore");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
+            Err(e) => return Err(e),
         }
-    } else {
-        config
     };
-    config
-        .validate()
-        .map_err(|e| OperatorError::Config(e.to_string()))?;
-    let ipam = IpamState::restore(store.as_ref(), &config, opts.manage_node_cidrs).await?;
     info!(mode = %config.ipam.mode, "operator state restored from the store");
     let mut op = Operator {
         store: store.clone(),
@@ -208,7 +209,6 @@ pub async fn run_with(
     op.queue.add(Work::ResyncAll, now);
     let mut resync =
         tokio::time::interval_at(now + op.opts.resync_interval, op.opts.resync_interval);
-    tokio::pin!(shutdown);
     loop {
         let next = op.queue.next_due();
         tokio::select! {
@@ -236,6 +236,32 @@ pub async fn run_with(
     }
     info!("operator stopped");
     Ok(())
+}
+
+/// The config to run with (stored one first) and the allocators restored from the store.
+async fn start_state(
+    store: &SharedStore,
+    config: &Config,
+    opts: &OperatorOptions,
+) -> Result<(Config, IpamState), OperatorError> {
+    let config = if opts.use_stored_config {
+        match fibril_config::store::load(store.as_ref()).await {
+            Ok(Some((c, _))) => c,
+            Ok(None) => config.clone(),
+            Err(fibril_config::store::LoadError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %e, "stored config unusable; using the given config");
+                config.clone()
+            }
+        }
+    } else {
+        config.clone()
+    };
+    config
+        .validate()
+        .map_err(|e| OperatorError::Config(e.to_string()))?;
+    let ipam = IpamState::restore(store.as_ref(), &config, opts.manage_node_cidrs).await?;
+    Ok((config, ipam))
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

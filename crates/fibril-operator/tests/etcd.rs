@@ -134,5 +134,24 @@ async fn restart_safety_on_etcd() {
     .await;
     assert_eq!(pod_cidrs(&store, "cilium-w1").await, w1);
     op.stop().await;
+
+    // Operator started while etcd is down: it waits for the store, then carries on.
+    server.stop();
+    let op = start(&store, &cfg, fast_opts());
+    // Give it time to hit the dead store first (no assertion on timing).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.start_again().unwrap();
+    store
+        .delete_as::<fibril_api::FibrilNode>(None, "cilium-w2", None)
+        .await
+        .unwrap();
+    let w4 = eventually("w4 gets w2's block", || async {
+        let c = pod_cidrs(&store, "cilium-w4").await;
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    assert_eq!(w4, before["cilium-w2"]);
+    assert_eq!(pod_cidrs(&store, "cilium-w1").await, w1);
+    op.stop().await;
     drop(server);
 }
