@@ -206,15 +206,15 @@ pub async fn start(
     let mut http_addrs = Vec::new();
     let bound = async {
         for (addr, blocks) in by_addr {
-            let udp = UdpSocket::bind(addr)
-                .await
+            let udp = bind_dns(addr, false)
+                .and_then(|fd| UdpSocket::from_std(std::net::UdpSocket::from(fd)))
                 .map_err(|source| ServerError::Bind {
                     proto: "udp",
                     addr,
                     source,
                 })?;
-            let tcp = TcpListener::bind(addr)
-                .await
+            let tcp = bind_dns(addr, true)
+                .and_then(|fd| TcpListener::from_std(std::net::TcpListener::from(fd)))
                 .map_err(|source| ServerError::Bind {
                     proto: "tcp",
                     addr,
@@ -295,6 +295,46 @@ pub async fn start(
         lameduck,
         tasks,
     })
+}
+
+/// A non-blocking UDP socket or TCP listener on `addr`. Specific addresses
+/// are bound with IP_FREEBIND, so node-local mode can bind 169.254.20.10 and
+/// the kube-dns ClusterIP before (or without) them being on an interface,
+/// and the seeds' `bind` lines load unchanged.
+fn bind_dns(addr: SocketAddr, tcp: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{self as ns, sockopt, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let ty = if tcp {
+        SockType::Stream
+    } else {
+        SockType::Datagram
+    };
+    let fd = ns::socket(
+        family,
+        ty,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    if tcp {
+        // Quick rebinds after a reload (TIME_WAIT), as tokio does.
+        ns::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    if !addr.ip().is_unspecified() {
+        ns::setsockopt(&fd, sockopt::IpFreebind, &true)?;
+    }
+    if addr.is_ipv6() {
+        ns::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    ns::bind(fd.as_raw_fd(), &ns::SockaddrStorage::from(addr))?;
+    if tcp {
+        ns::listen(&fd, ns::Backlog::new(1024)?)?;
+    }
+    Ok(fd)
 }
 
 async fn serve_udp(sock: Arc<UdpSocket>, blocks: Arc<Vec<Arc<Block>>>, shared: Arc<Shared>) {

@@ -1074,3 +1074,32 @@ async fn corefile_from_configmap_reloads() {
     let _ = tx.send(());
     task.await.unwrap().unwrap();
 }
+
+/// `bind` to an address not (yet) on any interface works (IP_FREEBIND), as
+/// node-local mode needs for 169.254.20.10 and the kube-dns ClusterIP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_nonlocal_address() {
+    let port = free_port();
+    let cf = fibril_dns::parse_corefile(&format!(
+        ".:{port} {{\n bind 198.51.100.53 127.0.0.1\n kubernetes cluster.local\n}}\n"
+    ))
+    .unwrap();
+    let running = fibril_dns::start(
+        &cf,
+        Arc::new(cluster()),
+        Arc::new(Metrics::new()),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(running.dns_addrs.len(), 2);
+    let out = tokio::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2"])
+        .args(["webpod.default.svc.cluster.local", "A"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    running.stop().await;
+}
