@@ -23,6 +23,42 @@ pub const IDENTITY_MIN: u32 = 1000;
 /// Highest id handed out (Cilium's cluster-local identities end at 65535).
 pub const IDENTITY_MAX: u32 = 65535;
 
+/// Cilium's reserved identities (numbers as in Cilium, so flows and `identity list`
+/// read the same).
+pub mod reserved {
+    /// The local host.
+    pub const HOST: u32 = 1;
+    /// Anything outside the cluster.
+    pub const WORLD: u32 = 2;
+    /// Endpoints not managed by Fibril.
+    pub const UNMANAGED: u32 = 3;
+    /// The health endpoints.
+    pub const HEALTH: u32 = 4;
+    /// Endpoints whose identity is not resolved yet.
+    pub const INIT: u32 = 5;
+    /// Other nodes of the cluster.
+    pub const REMOTE_NODE: u32 = 6;
+    /// The Kubernetes API server.
+    pub const KUBE_APISERVER: u32 = 7;
+    /// Ingress proxy.
+    pub const INGRESS: u32 = 8;
+
+    /// The reserved identity's label (`reserved:host`, ...), for `identity list`.
+    pub fn label(id: u32) -> Option<&'static str> {
+        Some(match id {
+            HOST => "reserved:host",
+            WORLD => "reserved:world",
+            UNMANAGED => "reserved:unmanaged",
+            HEALTH => "reserved:health",
+            INIT => "reserved:init",
+            REMOTE_NODE => "reserved:remote-node",
+            KUBE_APISERVER => "reserved:kube-apiserver",
+            INGRESS => "reserved:ingress",
+            _ => return None,
+        })
+    }
+}
+
 /// Label prefix of Kubernetes-sourced identity labels.
 pub const K8S_PREFIX: &str = "k8s:";
 /// Namespace label key.
