@@ -30,6 +30,7 @@
 #include "conntrack.h"
 #include "endpoints.h"
 #include "ipcache.h"
+#include "encap.h"
 
 /* Source of hairpinned connections (a pod reaching itself through a
  * service): 169.254.42.1, as Cilium's IPV4_LOOPBACK. Network order. */
@@ -153,6 +154,22 @@ static __always_inline int lb_forward4(struct __sk_buff *skb, struct pkt4 *p,
 	if (!egress && ipv4_dec_ttl(skb, p) < 0)
 		return -DROP_TTL_EXCEEDED;
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+/* A translated packet to a backend on another node: through the tunnel
+ * when ipcache puts the backend behind one (routingMode=tunnel), else by
+ * FIB (native routing). */
+static __always_inline int lb_to_remote_backend(struct __sk_buff *skb, struct pkt4 *p,
+						struct trace_ctx *tc, int egress)
+{
+	int ret;
+
+	if (FEATURE(FEAT_TUNNEL)) {
+		ret = encap4_from_endpoint(skb, p, tc);
+		if (ret != CTX_CONTINUE)
+			return ret;
+	}
+	return lb_forward4(skb, p, tc, egress);
 }
 
 /* ---- service lookup and backend selection ---------------------------- */
@@ -499,7 +516,7 @@ static __always_inline int lb4_nodeport_ingress(struct __sk_buff *skb, struct pk
 		if (ret < 0)
 			return ret;
 		send_trace(skb, p, tc, OBS_POST_XLATE_FWD, 0);
-		return lb_forward4(skb, p, tc, 0);
+		return lb_to_remote_backend(skb, p, tc, 0);
 	}
 	if (p->daddr == CFG(node_ip) || p->daddr == CFG(router_ip)) {
 		ct_lookup4(skb, p, 0, &ct);
@@ -551,7 +568,7 @@ static __always_inline int lb4_nodeport_egress(struct __sk_buff *skb, struct pkt
 	if (ep && !(ep->flags & ENDPOINT_F_HOST))
 		return endpoint_deliver4(skb, p, ep, tc, 0);
 	tc->dst_identity = ipcache_identity4(p->daddr);
-	return lb_forward4(skb, p, tc, 1);
+	return lb_to_remote_backend(skb, p, tc, 1);
 }
 
 #endif /* FIBRIL_LB_H */

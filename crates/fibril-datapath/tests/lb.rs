@@ -602,3 +602,44 @@ fn nodeport_remote_backend_is_snated_and_reply_restored() {
         .unwrap();
     assert_eq!(snat.len(), 2, "forward and reverse entries: {snat:?}");
 }
+
+#[test]
+fn nodeport_remote_backend_in_tunnel_mode_is_encapsulated() {
+    let tunnel = fibril_datapath::Tunnel::Vxlan { port: 8472 };
+    let cfg = DatapathConfig {
+        underlay_device: fibril_datapath::Device::Name("eth1".into()),
+        ..config()
+    }
+    .with_tunnel(tunnel, 1500)
+    .unwrap();
+    let mut bed = TestBed::new(
+        cfg,
+        "ip link add eth1 type veth peer name eth1p && ip link set eth1 up && ip link set eth1p up \
+         && ip addr add 192.168.10.100/24 dev eth1 && sysctl -qw net.ipv4.ip_forward=1 \
+         && ip neigh replace 192.168.10.200 lladdr 02:00:00:00:00:c8 dev eth1 nud permanent \
+         && ip route add 192.168.20.0/24 via 192.168.10.200",
+    );
+    let eth1 = bed.ns.ifindex("eth1");
+    let remote_node = Ipv4Addr::new(192, 168, 20, 100);
+    let mut ipc = bed.maps().ipcache().unwrap();
+    ipc.upsert_tunnel_route("10.244.1.0/24".parse().unwrap(), remote_node, 2)
+        .unwrap();
+    ipc.upsert_remote_node(remote_node, None).unwrap();
+    let mut lb = LoadBalancer::open(&bed.maps()).unwrap();
+    lb.upsert(&ServiceSpec {
+        frontend: Frontend::tcp(Ipv4Addr::UNSPECIFIED, 31000),
+        svc_type: ServiceType::NodePort,
+        ext_traffic_local: false,
+        backends: vec![be(REMOTE_POD, 8080)],
+    })
+    .unwrap();
+    let pkt = Packet::tcp(CLIENT.octets(), 50000, NODE.octets(), 31000, 0x02).build();
+    let r = bed.run(Prog::FromNetdev, eth1, &pkt);
+    assert_eq!(r.ret, TC_ACT_REDIRECT);
+    let enc = fibril_datapath::tunnel::decode(&r.data, tunnel).expect("VXLAN frame");
+    assert_eq!((enc.outer_src, enc.outer_dst), (NODE, remote_node));
+    let inner = Parsed::parse(&enc.inner).unwrap();
+    assert_eq!((inner.saddr, inner.daddr), (Some(NODE), Some(REMOTE_POD)));
+    assert_eq!(inner.dport, Some(8080));
+    assert_eq!(inner.l4_csum_ok, Some(true));
+}
