@@ -225,6 +225,48 @@ pub async fn run_with_store(
     run(opts, view, shutdown).await
 }
 
+/// The node-local DNS cache Corefile (the seeds' node-local-dns ConfigMap):
+/// cluster zones forwarded to `__PILLAR__CLUSTER__DNS__` over TCP, other
+/// names to `__PILLAR__UPSTREAM__SERVERS__`, all bound to `local_ips`
+/// (169.254.20.10 and the kube-dns ClusterIP), health on the first.
+/// Run it with [`node_local_placeholders`].
+pub fn node_local_corefile(local_ips: &[std::net::IpAddr], cluster_domain: &str) -> String {
+    let bind = local_ips
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let health = local_ips
+        .first()
+        .map(|ip| format!("    health {}\n", std::net::SocketAddr::new(*ip, 8080)))
+        .unwrap_or_default();
+    let block = |zone: &str, cache: &str, upstream: &str, tcp: bool, extra: &str| {
+        let fwd = if tcp {
+            format!("    forward . {upstream} {{\n            force_tcp\n    }}\n")
+        } else {
+            format!("    forward . {upstream}\n")
+        };
+        format!(
+            "{zone}:53 {{\n    errors\n{cache}    reload\n    loop\n    bind {bind}\n{fwd}    prometheus :9253\n{extra}    }}\n"
+        )
+    };
+    let big = "    cache {\n            success 9984 30\n            denial 9984 5\n    }\n";
+    let small = "    cache 30\n";
+    [
+        block(
+            cluster_domain,
+            big,
+            "__PILLAR__CLUSTER__DNS__",
+            true,
+            &health,
+        ),
+        block("in-addr.arpa", small, "__PILLAR__CLUSTER__DNS__", true, ""),
+        block("ip6.arpa", small, "__PILLAR__CLUSTER__DNS__", true, ""),
+        block(".", small, "__PILLAR__UPSTREAM__SERVERS__", false, ""),
+    ]
+    .concat()
+}
+
 /// Placeholder values for the node-local-dns Corefile templates:
 /// `__PILLAR__CLUSTER__DNS__` (the cluster DNS, reached with `force_tcp`)
 /// and `__PILLAR__UPSTREAM__SERVERS__` (the node's resolv.conf nameservers).
@@ -302,4 +344,35 @@ fn fuzz_index() -> ClusterIndex {
         .collect();
     i.upsert_slice("default", "big-1", "big", eps);
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_local_corefile_matches_the_seed_shape() {
+        let ips = [
+            "169.254.20.10".parse().unwrap(),
+            "10.96.0.10".parse().unwrap(),
+        ];
+        let text = node_local_corefile(&ips, "cluster.local");
+        let cf = parse_corefile(&text).unwrap();
+        assert_eq!(cf.servers.len(), 4);
+        let b = &cf.servers[0];
+        assert_eq!(b.zones, vec!["cluster.local."]);
+        assert_eq!(b.bind, ips.to_vec());
+        assert!(b.forward.as_ref().unwrap().force_tcp);
+        assert_eq!(b.cache.as_ref().unwrap().denial_ttl, 5);
+        assert_eq!(b.health.as_ref().unwrap().addr.port, 8080);
+        let last = &cf.servers[3];
+        assert_eq!(last.zones, vec!["."]);
+        assert!(!last.forward.as_ref().unwrap().force_tcp);
+        let p =
+            node_local_placeholders(&["10.96.0.10:53".parse().unwrap()], "nameserver 10.0.2.3\n");
+        assert_eq!(
+            p["__PILLAR__UPSTREAM__SERVERS__"],
+            vec!["10.0.2.3:53".parse().unwrap()]
+        );
+    }
 }
