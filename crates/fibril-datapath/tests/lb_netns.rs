@@ -3,7 +3,8 @@
 //! them), pods as namespaces. ClusterIP from pods (backends on both nodes,
 //! replies from the service IP on the client's eth0), UDP, NodePort from the
 //! router (SNAT to the node IP for remote backends), eTP=Local, a
-//! LoadBalancer IP, hairpin, and node -> ClusterIP; BPF masquerading on.
+//! LoadBalancer IP, hairpin, and node -> ClusterIP; BPF masquerading on;
+//! native routing and VXLAN.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,7 +19,7 @@ use common::{lab_name, TestNode};
 use fibril_abi::{identity, ipcache_flags, DropReason, IpcacheValue, ObsPoint};
 use fibril_datapath::lb::{BackendSpec, Frontend, LbDump, LoadBalancer, ServiceSpec, ServiceType};
 use fibril_datapath::testing::fixture::{eventually, ChildGuard, TestNetns};
-use fibril_datapath::Prefix4;
+use fibril_datapath::{Prefix4, Tunnel};
 use fibril_lab::{netns_name, Fabric, Topology};
 
 const PY: &str = "/usr/bin/python3";
@@ -201,15 +202,26 @@ fn program(node: &TestNode, on_ctr: bool) -> LoadBalancer {
 }
 
 #[test]
-fn services_on_two_nodes() {
+fn services_on_two_nodes_native_routing() {
+    services_on_two_nodes(None, "lbn");
+}
+
+#[test]
+fn services_on_two_nodes_vxlan() {
+    services_on_two_nodes(Some(Tunnel::Vxlan { port: 8472 }), "lbv");
+}
+
+fn services_on_two_nodes(tunnel: Option<Tunnel>, tag: &str) {
     let script = Script::new();
     let topo = Topology::builtin("seed-4w").unwrap();
-    let lab = lab_name("lbn");
+    let lab = lab_name(tag);
     let fabric = Fabric::up_guarded(&topo, &lab).unwrap();
     let router = TestNetns::existing(&netns_name(&lab, "router"));
-    router.sh(&format!(
-        "ip route add 10.244.0.0/24 via {CTR_IP} && ip route add 10.244.1.0/24 via {W0_IP}"
-    ));
+    if tunnel.is_none() {
+        router.sh(&format!(
+            "ip route add 10.244.0.0/24 via {CTR_IP} && ip route add 10.244.1.0/24 via {W0_IP}"
+        ));
+    }
     let mut ctr = TestNode::in_netns(
         &netns_name(&lab, "k8s-ctr"),
         CTR_IP,
@@ -222,23 +234,41 @@ fn services_on_two_nodes() {
     );
     // Pod CIDR routes and the service CIDR route (node -> ClusterIP leaves
     // through the underlay, where cil_to_netdev translates it).
-    ctr.ns.sh(&format!(
-        "ip route add 10.244.1.0/24 via {ROUTER_10} && ip route add 10.96.0.0/16 via {ROUTER_10}"
-    ));
-    w0.ns.sh(&format!(
-        "ip route add 10.244.0.0/24 via {ROUTER_20} && ip route add 10.96.0.0/16 via {ROUTER_20}"
-    ));
+    ctr.ns
+        .sh(&format!("ip route add 10.96.0.0/16 via {ROUTER_10}"));
+    w0.ns
+        .sh(&format!("ip route add 10.96.0.0/16 via {ROUTER_20}"));
+    if tunnel.is_none() {
+        ctr.ns
+            .sh(&format!("ip route add 10.244.1.0/24 via {ROUTER_10}"));
+        w0.ns
+            .sh(&format!("ip route add 10.244.0.0/24 via {ROUTER_20}"));
+    }
     for n in [&ctr, &w0] {
         n.ns.sh("sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0");
     }
-    let mut cfg = ctr.config();
-    cfg.load_balancing = true;
-    cfg.masquerade = true;
-    ctr.load(cfg);
-    let mut cfg = w0.config();
-    cfg.load_balancing = true;
-    cfg.masquerade = true;
-    w0.load(cfg);
+    for node in [&mut ctr, &mut w0] {
+        let mut cfg = node.config();
+        if let Some(t) = tunnel {
+            cfg = cfg.with_tunnel(t, 1500).unwrap();
+            cfg.native_routing_cidr = None;
+        }
+        cfg.load_balancing = true;
+        cfg.masquerade = true;
+        node.load(cfg);
+    }
+    if tunnel.is_some() {
+        ctr.maps()
+            .ipcache()
+            .unwrap()
+            .upsert_tunnel_route("10.244.1.0/24".parse().unwrap(), W0_IP, 2)
+            .unwrap();
+        w0.maps()
+            .ipcache()
+            .unwrap()
+            .upsert_tunnel_route("10.244.0.0/24".parse().unwrap(), CTR_IP, 2)
+            .unwrap();
+    }
     // The other node is a remote node in each ipcache (what the agent
     // installs): BPF masquerading leaves node-to-node traffic alone.
     for (n, other) in [(&ctr, W0_IP), (&w0, CTR_IP)] {
