@@ -83,10 +83,21 @@ pub trait ClusterView: Send + Sync {
     fn synced(&self) -> bool {
         true
     }
-    /// Changes on every update; the SOA serial.
+    /// Changes on every update; the SOA serial. Defaults to the process
+    /// start time in Unix seconds (CoreDNS uses a Unix time too).
     fn serial(&self) -> u32 {
-        1
+        start_serial()
     }
+}
+
+fn start_serial() -> u32 {
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(1)
+    })
 }
 
 /// An in-memory index. Build it directly in tests or let [`StoreClusterView`]
@@ -214,10 +225,7 @@ pub struct SharedIndex {
 
 impl SharedIndex {
     pub fn new(index: ClusterIndex) -> Self {
-        let serial = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(1);
+        let serial = start_serial();
         Self {
             index: RwLock::new(index),
             synced: AtomicBool::new(true),
