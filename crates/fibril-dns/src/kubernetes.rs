@@ -136,6 +136,30 @@ pub fn answer(
     qname: &str,
     qtype: RecordType,
 ) -> KubeResult {
+    let r = answer_zone(cfg, view, qname, qtype);
+    // `fallthrough` (for the matching zone): NXDOMAIN goes to the next plugin.
+    if let KubeResult::Answer {
+        rcode: ResponseCode::NXDomain,
+        ..
+    } = &r
+    {
+        let falls = match &cfg.fallthrough {
+            None => false,
+            Some(list) => list.is_empty() || list.iter().any(|f| in_zone(qname, f)),
+        };
+        if falls {
+            return KubeResult::Next;
+        }
+    }
+    r
+}
+
+fn answer_zone(
+    cfg: &KubernetesConfig,
+    view: &dyn ClusterView,
+    qname: &str,
+    qtype: RecordType,
+) -> KubeResult {
     let Some(zone) = cfg
         .zones
         .iter()
@@ -665,6 +689,47 @@ mod tests {
         assert_eq!(parse_reverse(n), Some(v6));
         assert_eq!(undash("fd00--1"), Some(v6));
         assert_eq!(parse_reverse("x.in-addr.arpa."), None);
+    }
+
+    #[test]
+    fn external_name_and_fallthrough() {
+        let mut idx = test_index();
+        idx.upsert_service(ServiceRecord {
+            namespace: "default".into(),
+            name: "ext".into(),
+            kind: ServiceKind::ExternalName("example.org".into()),
+            cluster_ips: vec![],
+            ports: vec![],
+        });
+        let KubeResult::Answer { answers, .. } = answer(
+            &cfg(),
+            &idx,
+            "ext.default.svc.cluster.local.",
+            RecordType::A,
+        ) else {
+            panic!("no answer");
+        };
+        assert_eq!(answers[0].data().to_string(), "example.org.");
+        // `fallthrough` with no zones: cluster NXDOMAIN goes on.
+        let mut c = cfg();
+        c.fallthrough = Some(vec![]);
+        assert!(matches!(
+            answer(&c, &idx, "nope.default.svc.cluster.local.", RecordType::A),
+            KubeResult::Next
+        ));
+        // Without it (the seeds: only the reverse zones), NXDOMAIN is final.
+        assert!(matches!(
+            answer(
+                &cfg(),
+                &idx,
+                "nope.default.svc.cluster.local.",
+                RecordType::A
+            ),
+            KubeResult::Answer {
+                rcode: ResponseCode::NXDomain,
+                ..
+            }
+        ));
     }
 
     #[test]
