@@ -346,6 +346,9 @@ impl LoadBalancer {
         for id in dump.revnat.keys() {
             lb.used_rev_nat.insert(*id);
         }
+        for k in &dump.stray_slots {
+            lb.services.remove(k)?;
+        }
         // Backends no slot references (terminating ones of the previous
         // agent, or an interrupted update) are unreachable: remove them.
         let orphans: Vec<u32> = lb
@@ -824,6 +827,9 @@ pub struct LbDump {
     pub backends: BTreeMap<u32, Lb4Backend>,
     /// Rev-NAT entries by index.
     pub revnat: BTreeMap<u16, Lb4ReverseNat>,
+    /// Slot entries beyond their service's count or without a service
+    /// entry (an update interrupted by a crash); unreachable.
+    pub stray_slots: Vec<Lb4Key>,
 }
 
 impl LbDump {
@@ -859,6 +865,7 @@ impl LbDump {
                 slots.push((k, v));
             }
         }
+        let mut stray_slots = Vec::new();
         for (k, v) in slots {
             let Some(proto) = Protocol::from_number(k.proto) else {
                 continue;
@@ -868,15 +875,15 @@ impl LbDump {
                 port: port_from_be(k.dport),
                 proto,
             };
-            if let Some(s) = by_fe.get_mut(&(fe, k.scope)) {
-                // Slots beyond the count are leftovers of an update in
-                // progress: not part of the service.
-                if k.backend_slot <= s.count {
-                    s.slots.push((k.backend_slot, v.backend_id));
+            match by_fe.get_mut(&(fe, k.scope)) {
+                Some(s) if k.backend_slot <= s.count => {
+                    s.slots.push((k.backend_slot, v.backend_id))
                 }
+                _ => stray_slots.push(k),
             }
         }
         let mut services: Vec<DumpedService> = by_fe.into_values().collect();
+        stray_slots.sort_by_key(|k| (k.address, k.dport, k.proto, k.scope, k.backend_slot));
         for s in &mut services {
             s.slots.sort_unstable();
         }
@@ -891,6 +898,7 @@ impl LbDump {
                 .into_iter()
                 .map(|(k, v)| (k.rev_nat_index, v))
                 .collect(),
+            stray_slots,
         })
     }
 
