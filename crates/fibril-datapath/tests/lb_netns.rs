@@ -124,6 +124,22 @@ fn query(
         .collect()
 }
 
+/// Waits for tcpdump's "listening on" (stderr) instead of sleeping.
+fn wait_listening(cap: &mut ChildGuard) {
+    use std::io::{BufRead, BufReader};
+    let stderr = cap.child().stderr.take().expect("tcpdump stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("tcpdump did not start listening");
+}
+
 fn ok_answers(v: &[Option<(String, Ipv4Addr)>]) -> Vec<(String, Ipv4Addr)> {
     v.iter().flatten().cloned().collect()
 }
@@ -299,11 +315,11 @@ fn services_on_two_nodes(tunnel: Option<Tunnel>, tag: &str) {
     );
 
     // --- ClusterIP from a pod, with a capture on the client's eth0.
-    let cap = ctr
+    let mut cap = ctr
         .pod(c)
         .ns
         .spawn("tcpdump -i eth0 -nn -l -U 'tcp or udp'");
-    std::thread::sleep(Duration::from_millis(700)); // tcpdump start-up, not an assertion
+    wait_listening(&mut cap);
     let got = query(&ctr.pod(c).ns, &script, "tcp", VIP, 80, 30);
     let ok = ok_answers(&got);
     let udp = query(&ctr.pod(c).ns, &script, "udp", VIP, 53, 20);
