@@ -19,12 +19,12 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use fibril_abi::{
-    backend_flags, ip_be, ip_from_be, lb_scope, port_be, port_from_be, svc_flags, Lb4Backend,
-    Lb4BackendKey, Lb4Key, Lb4ReverseNat, Lb4ReverseNatKey, Lb4Service,
+    backend_flags, ip_be, ip_from_be, lb_scope, port_be, port_from_be, svc_flags, Ct4Key,
+    Lb4Backend, Lb4BackendKey, Lb4Key, Lb4ReverseNat, Lb4ReverseNatKey, Lb4Service, Lb4SnatValue,
 };
 
 use crate::error::DatapathError;
-use crate::maps::{Lb4Backends, Lb4RevNat, Lb4Services, Maps};
+use crate::maps::{HashTable, Lb4Backends, Lb4RevNat, Lb4Services, Maps};
 
 /// Errors of service programming.
 #[derive(Debug, thiserror::Error)]
@@ -792,6 +792,30 @@ impl LoadBalancer {
         v.sort();
         v
     }
+}
+
+/// The NodePort SNAT table (`fibril_lb4_snat`): `(key, value)` pairs, key
+/// flags [`fibril_abi::lb4_snat_dir`] (for `bpf nat list`-style listings).
+pub fn snat_entries(maps: &Maps) -> Result<Vec<(Ct4Key, Lb4SnatValue)>> {
+    let t: HashTable<Ct4Key, Lb4SnatValue> =
+        HashTable::open(maps.dir(), fibril_abi::map_names::LB4_SNAT)?;
+    Ok(t.entries()?)
+}
+
+/// Removes NodePort SNAT entries idle since before `now_ns - max_idle_ns`
+/// ([`crate::monotonic_ns`] clock); the map is an LRU, so this only makes
+/// room earlier (e.g. for UDP flows that never close). Returns how many.
+pub fn gc_snat(maps: &Maps, now_ns: u64, max_idle_ns: u64) -> Result<usize> {
+    let mut t: HashTable<Ct4Key, Lb4SnatValue> =
+        HashTable::open(maps.dir(), fibril_abi::map_names::LB4_SNAT)?;
+    let cutoff = now_ns.saturating_sub(max_idle_ns);
+    let mut n = 0;
+    for (k, v) in t.entries()? {
+        if v.last_seen < cutoff && t.remove(&k)? {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// One service entry (one scope of a frontend) as read from the maps.

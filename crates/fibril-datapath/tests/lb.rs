@@ -608,15 +608,18 @@ fn nodeport_remote_backend_is_snated_and_reply_restored() {
     ] {
         assert!(o.contains(&want), "{want:?} in {o:?}");
     }
-    let snat =
-        fibril_datapath::maps::HashTable::<fibril_abi::Ct4Key, fibril_abi::Lb4SnatValue>::open(
-            bed.pin_dir(),
-            fibril_abi::map_names::LB4_SNAT,
-        )
-        .unwrap()
-        .entries()
-        .unwrap();
+    let snat = fibril_datapath::lb::snat_entries(&bed.maps()).unwrap();
     assert_eq!(snat.len(), 2, "forward and reverse entries: {snat:?}");
+    let now = fibril_datapath::monotonic_ns();
+    let minute = 60_000_000_000;
+    assert_eq!(
+        fibril_datapath::lb::gc_snat(&bed.maps(), now, minute).unwrap(),
+        0
+    );
+    assert_eq!(
+        fibril_datapath::lb::gc_snat(&bed.maps(), now + 2 * minute, minute).unwrap(),
+        2
+    );
 }
 
 #[test]
