@@ -6,7 +6,7 @@ CARGO ?= cargo
 RELEASE_BIN := target/release/fibril
 TOPOLOGY ?= seed-3w
 
-.PHONY: all setup build build-release lab lab-down test lint fmt unit bench bench-ipam bench-lab fuzz clean
+.PHONY: all setup build build-release lab lab-down test lint fmt unit bench bench-ipam bench-lab bench-datapath fuzz clean
 
 all: build
 
@@ -39,6 +39,10 @@ fmt:
 
 bench: setup
 	bash scripts/bench.sh
+
+## make bench-datapath: datapath figures (root; builds its own namespaces, ~5 min).
+bench-datapath: setup
+	$(CARGO) bench -p fibril-datapath --bench datapath
 
 fuzz: setup
 	bash scripts/fuzz.sh
