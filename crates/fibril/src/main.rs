@@ -29,6 +29,13 @@ enum Command {
     /// The lab: build, inspect, enter and remove the netns fabric.
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
+    /// Configuration (Helm value names; `config view` prints the flat form).
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
+    /// Run the operator: node CIDRs, IP pools, identities (one per cluster).
+    Operator(cmd::operator::OperatorArgs),
+    /// Run the cluster DNS server from a Corefile.
+    Dns(cmd::dns::DnsArgs),
 }
 
 fn init_tracing() {
@@ -49,6 +56,9 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Lab(c) => cmd::lab::run(c),
+        Command::Config(c) => cmd::config::run(c),
+        Command::Operator(a) => cmd::operator::run(a),
+        Command::Dns(a) => cmd::dns::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,8 @@
 //! One module per top-level subcommand; each exposes a clap `Subcommand`/`Args`
 //! type and a `run` function returning the process exit code.
 
+pub mod config;
+pub mod dns;
 pub mod lab;
+pub mod operator;
+pub mod store;
