@@ -42,6 +42,8 @@ fn config_view_rejects_bad_values_naming_the_key() {
         "config",
         "view",
         "--set",
+        "ipam.operator.clusterPoolIPv4PodCIDRList={172.20.0.0/16}",
+        "--set",
         "ipam.operator.clusterPoolIPv4MaskSize=8",
     ]);
     assert!(!out.status.success());
