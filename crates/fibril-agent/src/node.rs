@@ -1,0 +1,607 @@
+//! The node's mutable state: IPAM, endpoints, the loaded datapath and the
+//! netlink session in the node netns. Every method is blocking (netlink and
+//! BPF syscalls); async callers use `spawn_blocking` while holding the mutex.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use fibril_abi::EndpointInfo;
+use fibril_config::{Config, RoutingMode, TunnelProtocol};
+use fibril_datapath::ipmasq::{self, IpMasqConfig};
+use fibril_datapath::{Datapath, DatapathConfig, DatapathOptions, Device, Maps, Netns, Tunnel};
+use fibril_ipam::{IpamError, NodeAllocator, NodeAllocatorState};
+use fibril_netlink::{NetNs, Netlink, NetlinkError, Route};
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::api::{
+    self, ApiError, DeleteResponse, EndpointRecord, EndpointRequest, EndpointResponse,
+    IpamResponse, StatusResponse,
+};
+use crate::{AgentError, AgentOptions};
+
+/// Name of the host device holding the router IP.
+pub const HOST_DEVICE: &str = "fibril_host";
+/// Its veth peer.
+pub const NET_DEVICE: &str = "fibril_net";
+
+/// What the agent persists in `<state_dir>/state.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PersistedState {
+    /// Allocator CIDRs and allocations.
+    pub ipam: NodeAllocatorState,
+    /// Container id -> its address.
+    pub containers: BTreeMap<String, Ipv4Addr>,
+    /// Container id -> endpoint.
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+}
+
+/// Facts about the underlay device.
+#[derive(Debug, Clone)]
+pub struct Underlay {
+    /// Node IP.
+    pub node_ip: Ipv4Addr,
+    /// Subnets of the underlay device (for autoDirectNodeRoutes).
+    pub subnets: Vec<Ipv4Net>,
+    /// MAC.
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u32,
+}
+
+fn nl_err(ns: &str) -> impl Fn(NetlinkError) -> AgentError + '_ {
+    move |source| AgentError::Netlink {
+        netns: ns.to_string(),
+        source: Box::new(source),
+    }
+}
+
+pub(crate) fn read_underlay(opts: &AgentOptions) -> Result<Underlay, AgentError> {
+    let err = nl_err(&opts.netns);
+    let ns = NetNs::open(&opts.netns).map_err(&err)?;
+    let nl = ns.netlink().map_err(&err)?;
+    let link = nl
+        .link(&opts.underlay_device)
+        .map_err(&err)?
+        .ok_or_else(|| {
+            AgentError::Config(format!(
+                "underlay device {} not found in netns {}",
+                opts.underlay_device, opts.netns
+            ))
+        })?;
+    let subnets: Vec<Ipv4Net> = nl
+        .addresses()
+        .map_err(&err)?
+        .into_iter()
+        .filter(|a| a.ifname == opts.underlay_device)
+        .filter_map(|a| match a.addr {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let node_ip = match opts.node_ip {
+        Some(ip) => ip,
+        None => subnets.first().map(|n| n.addr()).ok_or_else(|| {
+            AgentError::Config(format!(
+                "underlay device {} has no IPv4 address",
+                opts.underlay_device
+            ))
+        })?,
+    };
+    Ok(Underlay {
+        node_ip,
+        subnets: subnets.iter().map(|n| n.trunc()).collect(),
+        mac: link.mac.unwrap_or_default(),
+        mtu: link.mtu,
+    })
+}
+
+/// A running node.
+pub struct NodeState {
+    pub(crate) node_name: String,
+    pub(crate) netns: String,
+    pub(crate) nl: Netlink,
+    pub(crate) dp: Datapath,
+    pub(crate) maps: Maps,
+    pub(crate) alloc: NodeAllocator,
+    pub(crate) containers: BTreeMap<String, Ipv4Addr>,
+    pub(crate) endpoints: BTreeMap<String, EndpointRecord>,
+    /// Router IP.
+    pub router_ip: Ipv4Addr,
+    /// Health IP.
+    pub health_ip: Ipv4Addr,
+    /// Node IP.
+    pub node_ip: Ipv4Addr,
+    pub(crate) underlay: Underlay,
+    pub(crate) underlay_device: String,
+    pub(crate) pod_mtu: u32,
+    pub(crate) config: Config,
+    pub(crate) tunnel: Tunnel,
+    state_path: PathBuf,
+    /// Remote nodes as last applied: name -> (node IP, pod CIDRs).
+    pub(crate) remote: BTreeMap<String, (Ipv4Addr, Vec<Ipv4Net>)>,
+    /// Routes installed for remote pod CIDRs.
+    pub(crate) routes: BTreeMap<Ipv4Net, Route>,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("node", &self.node_name)
+            .field("router_ip", &self.router_ip)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tunnel_of(config: &Config) -> Tunnel {
+    match config.routing_mode {
+        RoutingMode::Native => Tunnel::Disabled,
+        RoutingMode::Tunnel => {
+            let port = config.effective_tunnel_port();
+            match config.tunnel_protocol {
+                TunnelProtocol::Vxlan => Tunnel::Vxlan { port },
+                TunnelProtocol::Geneve => Tunnel::Geneve { port },
+            }
+        }
+    }
+}
+
+fn ipam_err(e: IpamError) -> AgentError {
+    AgentError::Ipam(e.to_string())
+}
+
+impl NodeState {
+    /// Restores state, allocates router/health IPs, sets up devices and the datapath.
+    pub(crate) fn start(
+        opts: &AgentOptions,
+        underlay: Underlay,
+        cidrs: &[Ipv4Net],
+    ) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|e| AgentError::io(format!("create {}", opts.state_dir.display()), e))?;
+        let state_path = opts.state_dir.join("state.json");
+        let saved: PersistedState = match std::fs::read(&state_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                AgentError::Config(format!("state file {}: {e}", state_path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistedState::default(),
+            Err(e) => return Err(AgentError::io(format!("read {}", state_path.display()), e)),
+        };
+
+        // IPAM: current CIDRs plus saved ones still holding addresses.
+        let mut alloc = NodeAllocator::with_cidrs(cidrs.iter().copied()).map_err(ipam_err)?;
+        let outcome = alloc.restore(
+            saved
+                .ipam
+                .allocations
+                .iter()
+                .map(|a| (a.ip, a.owner.as_str())),
+        );
+        for (ip, e) in &outcome.skipped {
+            warn!(%ip, error = %e, "allocation not restored");
+        }
+        let containers: BTreeMap<String, Ipv4Addr> = saved
+            .containers
+            .into_iter()
+            .filter(|(_, ip)| alloc.contains(*ip) && alloc.owner_of(*ip).is_some())
+            .collect();
+        let router_ip = match alloc.addresses_of("router").first() {
+            Some(ip) => *ip,
+            None => alloc.allocate("router").map_err(ipam_err)?,
+        };
+        let health_ip = match alloc.addresses_of("health").first() {
+            Some(ip) => *ip,
+            None => alloc.allocate("health").map_err(ipam_err)?,
+        };
+
+        let config = opts.config.clone();
+        let tunnel = tunnel_of(&config);
+        let pod_mtu = if matches!(tunnel, Tunnel::Disabled) {
+            underlay.mtu
+        } else {
+            underlay.mtu.saturating_sub(fibril_datapath::ENCAP_OVERHEAD)
+        };
+
+        let err = nl_err(&opts.netns);
+        let ns = NetNs::open(&opts.netns).map_err(&err)?;
+        let nl = ns.netlink().map_err(&err)?;
+        ns.set_sysctl("net/ipv4/ip_forward", "1").map_err(&err)?;
+        setup_host_device(&ns, &nl, router_ip, !matches!(tunnel, Tunnel::Disabled))?;
+
+        let dp_config = DatapathConfig {
+            node_ip: underlay.node_ip,
+            router_ip,
+            underlay_device: Device::Name(opts.underlay_device.clone()),
+            host_device: Device::Name(HOST_DEVICE.into()),
+            node_mac: underlay.mac,
+            native_routing_cidr: config
+                .ipv4_native_routing_cidr
+                .map(|n| (n.network(), n.prefix_len())),
+            tunnel,
+            masquerade: config.masquerading(),
+            masq_link_local: config.ip_masq_agent.masq_link_local,
+            load_balancing: config.kube_proxy_replacement,
+            pod_mtu,
+            ..Default::default()
+        };
+        let mut dp = Datapath::load(DatapathOptions {
+            pin_dir: opts.pin_dir.clone(),
+            netns: Netns::named(&opts.netns),
+            config: dp_config,
+        })?;
+        let replaced = dp.replace_pinned()?;
+        dp.attach_underlay(&opts.underlay_device)?;
+        dp.attach_host_device(HOST_DEVICE)?;
+        let maps = dp.maps();
+
+        let masq = IpMasqConfig::from_ipv4nets(
+            config.ip_masq_agent.non_masquerade_cidrs.as_deref(),
+            config.ip_masq_agent.masq_link_local,
+        );
+        if let Err(e) = ipmasq::apply(&maps, config.ip_masq_agent.enabled, &masq) {
+            warn!(error = %e, "ip-masq-agent prefixes");
+        }
+
+        // Endpoints whose veth still exists come back; the others are gone
+        // (pod deleted while the agent was down) and release their address.
+        let mut endpoints = BTreeMap::new();
+        let mut containers = containers;
+        for (cid, mut rec) in saved.endpoints {
+            let alive = nl.link(&rec.spec.host_ifname).ok().flatten();
+            match alive {
+                Some(link) if containers.get(&cid) == Some(&rec.ip) => {
+                    rec.restored = true;
+                    rec.spec.host_ifindex = link.index;
+                    if let Err(e) = dp.attach_endpoint(&rec.spec.host_ifname) {
+                        warn!(container = %cid, error = %e, "re-attach endpoint");
+                    }
+                    endpoints.insert(cid, rec);
+                }
+                _ => {
+                    info!(container = %cid, ip = %rec.ip, "endpoint gone while the agent was down");
+                    let _ = Datapath::detach_interface(&opts.pin_dir, &rec.spec.host_ifname);
+                    if let Ok(mut m) = maps.endpoints() {
+                        let _ = m.delete(rec.ip);
+                    }
+                    let _ = alloc.release(rec.ip);
+                    containers.remove(&cid);
+                }
+            }
+        }
+        info!(
+            restored_links = replaced.len(),
+            endpoints = endpoints.len(),
+            "datapath attached"
+        );
+
+        let st = NodeState {
+            node_name: opts.node_name.clone(),
+            netns: opts.netns.clone(),
+            nl,
+            dp,
+            maps,
+            alloc,
+            containers,
+            endpoints,
+            router_ip,
+            health_ip,
+            node_ip: underlay.node_ip,
+            underlay,
+            underlay_device: opts.underlay_device.clone(),
+            pod_mtu,
+            config,
+            tunnel,
+            state_path,
+            remote: BTreeMap::new(),
+            routes: BTreeMap::new(),
+        };
+        st.save()?;
+        Ok(st)
+    }
+
+    /// Writes `state.json` atomically.
+    pub fn save(&self) -> Result<(), AgentError> {
+        let st = PersistedState {
+            ipam: self.alloc.state(),
+            containers: self.containers.clone(),
+            endpoints: self.endpoints.clone(),
+        };
+        let tmp = self.state_path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&st)
+            .map_err(|e| AgentError::Config(format!("encode state: {e}")))?;
+        std::fs::write(&tmp, bytes)
+            .map_err(|e| AgentError::io(format!("write {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &self.state_path)
+            .map_err(|e| AgentError::io(format!("rename {}", tmp.display()), e))
+    }
+
+    fn save_api(&self) -> Result<(), ApiError> {
+        self.save().map_err(|e| internal(e.to_string()))
+    }
+
+    /// Adds pod CIDRs given to the node later (extra cluster-pool blocks).
+    pub(crate) fn add_cidrs(&mut self, cidrs: &[Ipv4Net]) {
+        for c in cidrs {
+            if !self.alloc.has_cidr(*c) {
+                match self.alloc.add_cidr(*c) {
+                    Ok(_) => info!(cidr = %c, "pod CIDR added"),
+                    Err(e) => warn!(cidr = %c, error = %e, "pod CIDR not added"),
+                }
+            }
+        }
+    }
+
+    /// `POST /v1/ipam`.
+    pub fn allocate(&mut self, container_id: &str, owner: &str) -> Result<IpamResponse, ApiError> {
+        let ip = match self.containers.get(container_id) {
+            Some(ip) => *ip,
+            None => {
+                let ip = self.alloc.allocate(owner).map_err(|e| match e {
+                    IpamError::RangeFull { .. } => ApiError {
+                        kind: "range-full".into(),
+                        message: e.to_string(),
+                    },
+                    e => internal(e.to_string()),
+                })?;
+                self.containers.insert(container_id.to_string(), ip);
+                self.save_api()?;
+                ip
+            }
+        };
+        let pod_cidr = self
+            .alloc
+            .cidrs()
+            .into_iter()
+            .find(|c| c.contains(&ip))
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        Ok(IpamResponse {
+            ip,
+            gateway: self.router_ip,
+            mtu: self.pod_mtu,
+            pod_cidr,
+            node_netns: self.netns.clone(),
+        })
+    }
+
+    fn next_endpoint_id(&self) -> u16 {
+        let used: BTreeSet<u16> = self.endpoints.values().map(|e| e.id).collect();
+        (1..u16::MAX)
+            .find(|i| !used.contains(i))
+            .unwrap_or(u16::MAX)
+    }
+
+    /// `PUT /v1/endpoints/{id}`.
+    pub fn put_endpoint(
+        &mut self,
+        container_id: &str,
+        req: EndpointRequest,
+        identity: u32,
+    ) -> Result<EndpointResponse, ApiError> {
+        let ip = *self.containers.get(container_id).ok_or_else(|| ApiError {
+            kind: "not-found".into(),
+            message: format!("container {container_id} has no address (call /v1/ipam first)"),
+        })?;
+        if let Some(want) = req.ip {
+            if want != ip {
+                return Err(bad(format!(
+                    "container {container_id}: ip {want} does not match its allocation {ip}"
+                )));
+            }
+        }
+        let pod_mac = api::parse_mac(&req.pod_mac)
+            .ok_or_else(|| bad(format!("pod_mac {:?} is not a MAC", req.pod_mac)))?;
+        let host_mac = api::parse_mac(&req.host_mac)
+            .ok_or_else(|| bad(format!("host_mac {:?} is not a MAC", req.host_mac)))?;
+        let id = match self.endpoints.get(container_id) {
+            Some(e) => e.id,
+            None => self.next_endpoint_id(),
+        };
+        self.dp
+            .attach_endpoint(&req.host_ifname)
+            .map_err(|e| internal(format!("attach bpf_lxc to {}: {e}", req.host_ifname)))?;
+        let info = EndpointInfo {
+            ifindex: req.host_ifindex,
+            sec_identity: identity,
+            ep_id: id,
+            flags: 0,
+            mac: pod_mac,
+            node_mac: host_mac,
+        };
+        self.maps
+            .endpoints()
+            .and_then(|mut m| m.upsert(ip, &info))
+            .map_err(|e| internal(format!("fibril_endpoints {ip}: {e}")))?;
+        let route = Route::dev(Ipv4Net::from(ip), &req.host_ifname);
+        self.nl
+            .replace_route(&route)
+            .map_err(|e| internal(format!("route {route}: {e}")))?;
+        self.endpoints.insert(
+            container_id.to_string(),
+            EndpointRecord {
+                container_id: container_id.to_string(),
+                id,
+                ip,
+                identity,
+                spec: req,
+                restored: false,
+            },
+        );
+        self.save_api()?;
+        Ok(EndpointResponse { id, identity })
+    }
+
+    /// `DELETE /v1/endpoints/{id}`: idempotent.
+    pub fn delete_endpoint(&mut self, container_id: &str) -> Result<DeleteResponse, ApiError> {
+        let rec = self.endpoints.remove(container_id);
+        let ip = self
+            .containers
+            .remove(container_id)
+            .or(rec.as_ref().map(|r| r.ip));
+        let ifname = rec
+            .as_ref()
+            .map(|r| r.spec.host_ifname.clone())
+            .unwrap_or_else(|| api::host_ifname(container_id));
+        if let Err(e) = Datapath::detach_interface(self.dp.pin_dir(), &ifname) {
+            warn!(%ifname, error = %e, "detach");
+        }
+        if let Ok(Some(_)) = self.nl.link(&ifname) {
+            if let Err(e) = self.nl.delete_link(&ifname) {
+                warn!(%ifname, error = %e, "delete host veth");
+            }
+        }
+        let mut released = None;
+        if let Some(ip) = ip {
+            if let Ok(mut m) = self.maps.endpoints() {
+                let _ = m.delete(ip);
+            }
+            let route = Route {
+                dst: Ipv4Net::from(ip),
+                via: None,
+                dev: None,
+                onlink: false,
+                src: None,
+                table: None,
+            };
+            // The route went with the veth unless the veth is somewhere else.
+            let _ = self.nl.delete_route(&route);
+            if self.alloc.release(ip).is_ok() {
+                released = Some(ip);
+            }
+        }
+        let existed = rec.is_some() || ip.is_some();
+        if existed {
+            self.save_api()?;
+        }
+        Ok(DeleteResponse { existed, released })
+    }
+
+    /// `POST /v1/gc`.
+    pub fn gc(&mut self, valid: &[String]) -> Result<Vec<String>, ApiError> {
+        let valid: BTreeSet<&str> = valid.iter().map(String::as_str).collect();
+        let stale: Vec<String> = self
+            .containers
+            .keys()
+            .chain(self.endpoints.keys())
+            .filter(|c| !valid.contains(c.as_str()))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for c in &stale {
+            self.delete_endpoint(c)?;
+        }
+        Ok(stale)
+    }
+
+    /// `GET /v1/endpoints`.
+    pub fn endpoint_list(&self) -> Vec<EndpointRecord> {
+        self.endpoints.values().cloned().collect()
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> StatusResponse {
+        let mut allocations: Vec<_> = self.alloc.allocations();
+        allocations.sort_by_key(|a| a.ip);
+        let routing = match self.tunnel {
+            Tunnel::Disabled => "Network: Native   Host: BPF".to_string(),
+            t => format!("Network: {}   Host: BPF", t.status_line()),
+        };
+        let masquerading = if self.config.masquerading() {
+            let cidr = self
+                .config
+                .ipv4_native_routing_cidr
+                .map(|c| format!("   {c}"))
+                .unwrap_or_default();
+            format!(
+                "BPF (ip-masq-agent)   [{}]{cidr} [IPv4: Enabled, IPv6: Disabled]",
+                self.underlay_device
+            )
+        } else {
+            "Disabled".to_string()
+        };
+        let kpr = if self.config.kube_proxy_replacement {
+            format!(
+                "True   [{}   {} (Direct Routing)]",
+                self.underlay_device, self.node_ip
+            )
+        } else {
+            "False".to_string()
+        };
+        StatusResponse {
+            node: self.node_name.clone(),
+            ipam: self.alloc.status_line(),
+            allocations: allocations.iter().map(|a| a.to_string()).collect(),
+            free: self.alloc.free(),
+            routing,
+            masquerading,
+            kube_proxy_replacement: kpr,
+            router_ip: Some(self.router_ip),
+            health_ip: Some(self.health_ip),
+            node_ip: Some(self.node_ip),
+            endpoints: self.endpoints.len(),
+        }
+    }
+
+    /// Whether `ip` is on a subnet of the underlay device.
+    pub(crate) fn directly_connected(&self, ip: Ipv4Addr) -> bool {
+        self.underlay.subnets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn setup_host_device(
+    ns: &NetNs,
+    nl: &Netlink,
+    router_ip: Ipv4Addr,
+    tunnel: bool,
+) -> Result<(), AgentError> {
+    let err = nl_err(ns.name());
+    if nl.link(HOST_DEVICE).map_err(&err)?.is_none() {
+        nl.add_veth(HOST_DEVICE, NET_DEVICE, None, None)
+            .map_err(&err)?;
+    }
+    let want = IpNet::V4(Ipv4Net::from(router_ip));
+    let has = nl
+        .addresses()
+        .map_err(&err)?
+        .into_iter()
+        .any(|a| a.ifname == HOST_DEVICE && a.addr == want);
+    if !has {
+        nl.add_address(HOST_DEVICE, want).map_err(&err)?;
+    }
+    nl.set_up(HOST_DEVICE).map_err(&err)?;
+    nl.set_up(NET_DEVICE).map_err(&err)?;
+    if tunnel {
+        // Host -> remote pod goes via fibril_host (docs/tunnel.md): NOARP so
+        // the kernel hands packets to bpf_host without resolving a neighbour.
+        let out = ns
+            .command("ip")
+            .map_err(&err)?
+            .args(["link", "set", HOST_DEVICE, "arp", "off"])
+            .output()
+            .map_err(|e| AgentError::io("ip link set fibril_host arp off", e))?;
+        if !out.status.success() {
+            return Err(AgentError::Config(format!(
+                "ip link set {HOST_DEVICE} arp off: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn internal(message: String) -> ApiError {
+    ApiError {
+        kind: "internal".into(),
+        message,
+    }
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError {
+        kind: "bad-request".into(),
+        message,
+    }
+}

@@ -1,0 +1,200 @@
+//! The endpoint API server (axum over a unix socket); routes in [`crate::api`].
+
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use fibril_api::{FibrilIdentity, ObjectMeta, Pod};
+use fibril_store::StoreExt;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::{ApiError, EndpointRequest, GcRequest, GcResponse, IpamRequest};
+use crate::node::NodeState;
+use crate::{AgentError, AgentOptions, Shared};
+
+#[derive(Clone)]
+struct Ctx {
+    opts: AgentOptions,
+    state: Shared,
+}
+
+struct Failure(StatusCode, ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        let code = match e.kind.as_str() {
+            "range-full" => StatusCode::INSUFFICIENT_STORAGE,
+            "not-ready" => StatusCode::SERVICE_UNAVAILABLE,
+            "bad-request" => StatusCode::BAD_REQUEST,
+            "not-found" => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failure(code, e)
+    }
+}
+
+fn internal(message: String) -> Failure {
+    Failure(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError {
+            kind: "internal".into(),
+            message,
+        },
+    )
+}
+
+/// Runs `f` on the node state in a blocking thread.
+async fn with_state<T: Send + 'static>(
+    ctx: &Ctx,
+    f: impl FnOnce(&mut NodeState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, Failure> {
+    let state = ctx.state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut st = state
+            .lock()
+            .map_err(|_| internal("node state lock poisoned".into()))?;
+        f(&mut st).map_err(Failure::from)
+    })
+    .await
+    .map_err(|e| internal(format!("task: {e}")))?
+}
+
+/// Serves until `stop` is true. Removes a stale socket file first.
+pub async fn serve(
+    opts: AgentOptions,
+    state: Shared,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let path = opts.socket_path.clone();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| AgentError::io(format!("create {}", dir.display()), e))?;
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AgentError::io(format!("remove {}", path.display()), e)),
+    }
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| AgentError::io(format!("bind {}", path.display()), e))?;
+    info!(socket = %path.display(), "endpoint API listening");
+    let app = Router::new()
+        .route("/v1/healthz", get(healthz))
+        .route("/v1/status", get(status))
+        .route("/v1/ipam", post(ipam))
+        .route("/v1/endpoints", get(list_endpoints))
+        .route(
+            "/v1/endpoints/{id}",
+            put(put_endpoint).delete(delete_endpoint),
+        )
+        .route("/v1/gc", post(gc))
+        .with_state(Ctx { opts, state });
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .into_future();
+    let res = server
+        .await
+        .map_err(|e| AgentError::io(format!("serve {}", path.display()), e));
+    let _ = std::fs::remove_file(&path);
+    res
+}
+
+async fn healthz(State(ctx): State<Ctx>) -> Response {
+    // Ready = datapath loaded (state exists) and the store answers.
+    match ctx.opts.store.list("FibrilNode", None).await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+    }
+}
+
+async fn status(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let s = with_state(&ctx, |st| Ok(st.status())).await?;
+    Ok(Json(s).into_response())
+}
+
+async fn ipam(State(ctx): State<Ctx>, Json(req): Json<IpamRequest>) -> Result<Response, Failure> {
+    let r = with_state(&ctx, move |st| st.allocate(&req.container_id, &req.owner)).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn list_endpoints(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let r = with_state(&ctx, |st| Ok(st.endpoint_list())).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn put_endpoint(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    Json(req): Json<EndpointRequest>,
+) -> Result<Response, Failure> {
+    let identity = identity_for(&ctx, &req).await;
+    let r = with_state(&ctx, move |st| st.put_endpoint(&id, req, identity)).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn delete_endpoint(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let r = with_state(&ctx, move |st| st.delete_endpoint(&id)).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn gc(State(ctx): State<Ctx>, Json(req): Json<GcRequest>) -> Result<Response, Failure> {
+    let removed = with_state(&ctx, move |st| st.gc(&req.valid)).await?;
+    Ok(Json(GcResponse { removed }).into_response())
+}
+
+/// The pod's security identity: the operator's FibrilIdentity for the pod's
+/// security labels (the Pod from the store when it exists, else the labels
+/// of the request), or the operator's first candidate id when none exists yet.
+async fn identity_for(ctx: &Ctx, req: &EndpointRequest) -> u32 {
+    let store = &ctx.opts.store;
+    let ns = if req.pod_namespace.is_empty() {
+        "default"
+    } else {
+        &req.pod_namespace
+    };
+    let pod = match store.get_as::<Pod>(Some(ns), &req.pod_name).await {
+        Ok(Some(p)) if !req.pod_name.is_empty() => p,
+        _ => Pod {
+            metadata: ObjectMeta {
+                name: Some(req.pod_name.clone()),
+                namespace: Some(ns.to_string()),
+                labels: Some(req.labels.clone().into_iter().collect::<BTreeMap<_, _>>()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    };
+    let namespace = store
+        .get_as::<fibril_api::Namespace>(None, ns)
+        .await
+        .ok()
+        .flatten();
+    let Some(labels) = fibril_operator::security_labels(&pod, namespace.as_ref()) else {
+        return fibril_abi::identity::HOST;
+    };
+    match store.list_as::<FibrilIdentity>(None).await {
+        Ok(list) => fibril_operator::find_identity(list.items.iter(), &labels)
+            .unwrap_or_else(|| fibril_operator::candidate_id(&labels)),
+        Err(e) => {
+            warn!(error = %e, "listing identities; using the fallback id");
+            fibril_operator::candidate_id(&labels)
+        }
+    }
+}

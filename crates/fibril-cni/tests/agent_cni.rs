@@ -1,0 +1,489 @@
+//! Privileged end-to-end test: agents on the seed-3w fabric (k8s-ctr with a
+//! /29, k8s-w1 with a /26, cluster-pool CIDRs written by the test, native
+//! routing with autoDirectNodeRoutes), the CNI plugin driven through the
+//! real protocol (env + stdin JSON, in-process). Pods ping each other, the
+//! router IP and a pod on the other node; 50 concurrent ADDs get 50
+//! distinct addresses; the /29 runs out with `range is full` and leaks
+//! nothing; DEL of everything leaves no veth, route, map entry or address;
+//! a restarted agent shows its allocations `[restored]`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fibril_agent::api::{host_ifname, Client};
+use fibril_agent::AgentOptions;
+use fibril_api::fibril::{FibrilNodeSpec, NodeIpamSpec};
+use fibril_api::FibrilNode;
+use fibril_config::Config;
+use fibril_datapath::{Datapath, Maps};
+use fibril_lab::{netns_name, Fabric, Topology};
+use fibril_netlink::NetNs;
+use fibril_store::{MemoryStore, SharedStore, StoreExt};
+use serde_json::Value;
+
+fn uniq(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One agent running on its own tokio runtime thread.
+struct Agent {
+    opts: AgentOptions,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Agent {
+    fn start(opts: AgentOptions) -> Agent {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let o = opts.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(fibril_agent::run(o, async move {
+                let _ = rx.await;
+            }))
+            .map_err(|e| e.to_string())
+        });
+        let a = Agent {
+            opts,
+            stop: Some(tx),
+            thread: Some(thread),
+        };
+        let client = a.client();
+        let ok = eventually(Duration::from_secs(30), || {
+            if a.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                return Some(false);
+            }
+            client.healthz().ok().map(|_| true)
+        });
+        if ok != Some(true) {
+            let mut a = a;
+            let res = a.stop_now();
+            panic!("agent {} did not become ready: {res:?}", a.opts.node_name);
+        }
+        a
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.opts.socket_path)
+    }
+
+    fn stop_now(&mut self) -> Result<(), String> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err("agent panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.stop_now();
+    }
+}
+
+/// Pod namespaces, pin dirs and run dirs of the test; removed on drop.
+#[derive(Default)]
+struct Cleanup {
+    netns: Vec<String>,
+    pin_dirs: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.netns {
+            let _ = NetNs::delete_by_name(n);
+        }
+        for p in &self.pin_dirs {
+            if let Err(e) = Datapath::destroy(p) {
+                eprintln!("cleanup {}: {e}", p.display());
+            }
+        }
+        let _ = std::fs::remove_dir("/sys/fs/bpf/fibril-test");
+    }
+}
+
+const PIN_ROOT: &str = "/sys/fs/bpf/fibril-test";
+
+fn conf(socket: &std::path::Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "fibril",
+        "type": "fibril-cni",
+        "agentSocket": socket,
+        "dns": {"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]},
+    })
+    .to_string()
+}
+
+struct CniCall {
+    code: i32,
+    out: Value,
+}
+
+fn cni(command: &str, socket: &std::path::Path, cid: &str, netns: &str, pod: &str) -> CniCall {
+    let mut env = BTreeMap::new();
+    env.insert("CNI_COMMAND".to_string(), command.to_string());
+    env.insert("CNI_CONTAINERID".to_string(), cid.to_string());
+    env.insert("CNI_NETNS".to_string(), netns.to_string());
+    env.insert("CNI_IFNAME".to_string(), "eth0".to_string());
+    env.insert("CNI_PATH".to_string(), "/opt/cni/bin".to_string());
+    env.insert(
+        "CNI_ARGS".to_string(),
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+    );
+    let mut out = Vec::new();
+    let code = fibril_cni::run_cni(&env, conf(socket).as_bytes(), &mut out);
+    let out = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    CniCall { code, out }
+}
+
+fn pod_ip(r: &CniCall) -> Ipv4Addr {
+    assert_eq!(r.code, 0, "ADD failed: {}", r.out);
+    let a = r.out["ips"][0]["address"].as_str().unwrap();
+    a.trim_end_matches("/32").parse().unwrap()
+}
+
+fn ping(ns: &str, dst: Ipv4Addr) -> bool {
+    let ns = NetNs::open(ns).unwrap();
+    let out = ns
+        .command("ping")
+        .unwrap()
+        .args(["-c", "2", "-i", "0.2", "-W", "2", &dst.to_string()])
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+fn node_links(lab: &str, host: &str) -> BTreeSet<String> {
+    let ns = NetNs::open(&netns_name(lab, host)).unwrap();
+    ns.netlink()
+        .unwrap()
+        .links()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect()
+}
+
+fn node_routes(lab: &str, host: &str) -> Vec<String> {
+    let ns = NetNs::open(&netns_name(lab, host)).unwrap();
+    ns.netlink()
+        .unwrap()
+        .routes()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.table == 254)
+        .map(|r| format!("{} {:?} {:?}", r.dst, r.via, r.oif))
+        .collect()
+}
+
+async fn set_pod_cidrs(store: &SharedStore, node: &str, cidr: &str) {
+    let spec = FibrilNodeSpec {
+        ipam: Some(NodeIpamSpec {
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store.create_as(&FibrilNode::new(node, spec)).await.unwrap();
+}
+
+#[test]
+fn agent_and_cni_on_the_fabric() {
+    let t0 = Instant::now();
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = uniq("cni").replace('x', "_");
+    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let mut cleanup = Cleanup::default();
+    let run_dir = tempfile::tempdir().unwrap();
+
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/29"));
+    rt.block_on(set_pod_cidrs(&store, "k8s-w1", "10.244.1.0/26"));
+    let mut config = Config::default();
+    config
+        .apply_sets([
+            "ipam.mode=cluster-pool",
+            "routingMode=native",
+            "autoDirectNodeRoutes=true",
+            "ipv4NativeRoutingCIDR=10.244.0.0/16",
+        ])
+        .unwrap();
+
+    let mut opts = |node: &str| {
+        let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
+        cleanup.pin_dirs.push(pin.clone());
+        let mut o = AgentOptions::new(
+            node,
+            &netns_name(&lab, node),
+            run_dir.path().join(node),
+            pin,
+            config.clone(),
+            store.clone(),
+        );
+        o.sync_interval = Duration::from_millis(200);
+        o
+    };
+    let ctr_opts = opts("k8s-ctr");
+    let w1_opts = opts("k8s-w1");
+    let mut ctr = Agent::start(ctr_opts.clone());
+    let w1 = Agent::start(w1_opts.clone());
+    eprintln!("agents ready after {:?}", t0.elapsed());
+
+    let status = ctr.client().status().unwrap();
+    eprintln!("k8s-ctr status: {status:#?}");
+    assert_eq!(status.ipam, "IPv4: 2/6 allocated from 10.244.0.0/29");
+    let router_ip = status.router_ip.unwrap();
+    assert_eq!(router_ip, Ipv4Addr::new(10, 244, 0, 1));
+    assert!(status
+        .allocations
+        .contains(&"10.244.0.1 (router)".to_string()));
+    assert!(status
+        .allocations
+        .contains(&"10.244.0.2 (health)".to_string()));
+
+    // The FibrilNode carries internal, router and health IPs.
+    let node: FibrilNode = rt.block_on(store.get_as(None, "k8s-ctr")).unwrap().unwrap();
+    let spec = node.spec.unwrap();
+    assert_eq!(spec.addresses.len(), 2, "{:?}", spec.addresses);
+    assert_eq!(
+        spec.health.unwrap().ipv4,
+        Some(Ipv4Addr::new(10, 244, 0, 2))
+    );
+
+    // Two pods on k8s-ctr, one on k8s-w1.
+    let ctr_sock = ctr_opts.socket_path.clone();
+    let w1_sock = w1_opts.socket_path.clone();
+    let mut pod = |tag: &str| {
+        let n = uniq(tag);
+        NetNs::create(&n).unwrap();
+        cleanup.netns.push(n.clone());
+        n
+    };
+    let (pa, pb, pc) = (pod("fcpa"), pod("fcpb"), pod("fcpc"));
+    let path = |n: &str| format!("/run/netns/{n}");
+    let ra = cni("ADD", &ctr_sock, "cid-a", &path(&pa), "pod-a");
+    let a_ip = pod_ip(&ra);
+    eprintln!("ADD result: {}", ra.out);
+    assert_eq!(ra.out["ips"][0]["gateway"], "10.244.0.1");
+    assert_eq!(ra.out["dns"]["nameservers"][0], "10.96.0.10");
+    assert_eq!(ra.out["interfaces"][0]["name"], host_ifname("cid-a"));
+    let b_ip = pod_ip(&cni("ADD", &ctr_sock, "cid-b", &path(&pb), "pod-b"));
+    let c_ip = pod_ip(&cni("ADD", &w1_sock, "cid-c", &path(&pc), "pod-c"));
+    assert_ne!(a_ip, b_ip);
+
+    // ADD again for the same interface fails (it exists).
+    let again = cni("ADD", &ctr_sock, "cid-a", &path(&pa), "pod-a");
+    assert_eq!(again.code, 1);
+    assert_eq!(again.out["code"], 100, "{}", again.out);
+
+    // CHECK with prevResult.
+    let mut env = BTreeMap::new();
+    for (k, v) in [
+        ("CNI_COMMAND", "CHECK"),
+        ("CNI_CONTAINERID", "cid-a"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+    ] {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env.insert("CNI_NETNS".into(), path(&pa));
+    let mut c: Value = serde_json::from_str(&conf(&ctr_sock)).unwrap();
+    c["prevResult"] = ra.out.clone();
+    let mut out = Vec::new();
+    assert_eq!(
+        fibril_cni::run_cni(&env, c.to_string().as_bytes(), &mut out),
+        0,
+        "CHECK: {}",
+        String::from_utf8_lossy(&out)
+    );
+
+    assert!(ping(&pa, b_ip), "pod A -> pod B");
+    assert!(ping(&pb, a_ip), "pod B -> pod A");
+    assert!(ping(&pa, router_ip), "pod A -> router IP");
+    // Cross-node (native routing, autoDirectNodeRoutes installed by the sync loop).
+    let routed = eventually(Duration::from_secs(10), || {
+        node_routes(&lab, "k8s-ctr")
+            .iter()
+            .any(|r| r.starts_with("10.244.1.0/26"))
+            .then_some(())
+    });
+    assert!(
+        routed.is_some(),
+        "route to k8s-w1's pod CIDR: {:?}",
+        node_routes(&lab, "k8s-ctr")
+    );
+    let cross = ping(&pa, c_ip);
+    eprintln!("pod A (k8s-ctr) -> pod C (k8s-w1) {c_ip}: {cross}");
+    assert!(cross, "pod A -> pod C across nodes");
+
+    // Exhaustion: the /29 has 6 addresses: router, health, a, b, then two more.
+    let (pd, pe, pf) = (pod("fcpd"), pod("fcpe"), pod("fcpf"));
+    pod_ip(&cni("ADD", &ctr_sock, "cid-d", &path(&pd), "pod-d"));
+    pod_ip(&cni("ADD", &ctr_sock, "cid-e", &path(&pe), "pod-e"));
+    let before = node_links(&lab, "k8s-ctr");
+    let full = cni("ADD", &ctr_sock, "cid-f", &path(&pf), "pod-f");
+    eprintln!("exhausted ADD: {}", full.out);
+    assert_eq!(full.code, 1);
+    assert!(
+        full.out["msg"].as_str().unwrap().contains("range is full"),
+        "{}",
+        full.out
+    );
+    assert_eq!(node_links(&lab, "k8s-ctr"), before, "nothing leaked");
+    let st = ctr.client().status().unwrap();
+    assert_eq!(st.ipam, "IPv4: 6/6 allocated from 10.244.0.0/29");
+    // STATUS reports the exhaustion (51).
+    let mut env_s = BTreeMap::new();
+    env_s.insert("CNI_COMMAND".to_string(), "STATUS".to_string());
+    let mut out = Vec::new();
+    assert_eq!(
+        fibril_cni::run_cni(&env_s, conf(&ctr_sock).as_bytes(), &mut out),
+        1
+    );
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["code"], 51, "{v}");
+
+    // Agent restart: allocations come back [restored]; pods keep forwarding
+    // while it is down.
+    ctr.stop_now().unwrap();
+    assert!(ping(&pa, b_ip), "pod A -> pod B while the agent is down");
+    drop(ctr);
+    let ctr = Agent::start(ctr_opts.clone());
+    let st = ctr.client().status().unwrap();
+    eprintln!("after restart: {:#?}", st.allocations);
+    assert_eq!(st.ipam, "IPv4: 6/6 allocated from 10.244.0.0/29");
+    assert!(st
+        .allocations
+        .iter()
+        .any(|a| a == &format!("{a_ip} (default/pod-a [restored])")));
+    assert!(st
+        .allocations
+        .iter()
+        .any(|a| a == "10.244.0.1 (router [restored])"));
+    assert!(ping(&pa, b_ip), "pod A -> pod B after restart");
+
+    // 50 concurrent ADDs on k8s-w1.
+    let names: Vec<String> = (0..50).map(|i| pod(&format!("fcq{i}"))).collect();
+    let t = Instant::now();
+    let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
+        let hs: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let sock = w1_sock.clone();
+                s.spawn(move || {
+                    pod_ip(&cni(
+                        "ADD",
+                        &sock,
+                        &format!("cid-q{i}"),
+                        &format!("/run/netns/{n}"),
+                        &format!("q{i}"),
+                    ))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("50 concurrent ADDs: {:?}", t.elapsed());
+    let distinct: BTreeSet<_> = ips.iter().collect();
+    assert_eq!(distinct.len(), 50);
+    assert!(ping(&names[0], ips[49]), "q0 -> q49");
+
+    // DEL everything (twice: idempotent), plus an unknown container.
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for (i, n) in names.iter().enumerate() {
+            let sock = w1_sock.clone();
+            s.spawn(move || {
+                for _ in 0..2 {
+                    let r = cni(
+                        "DEL",
+                        &sock,
+                        &format!("cid-q{i}"),
+                        &format!("/run/netns/{n}"),
+                        "",
+                    );
+                    assert_eq!(r.code, 0, "DEL: {}", r.out);
+                }
+            });
+        }
+    });
+    eprintln!("50 concurrent DELs (x2): {:?}", t.elapsed());
+    for (sock, cid) in [
+        (&ctr_sock, "cid-a"),
+        (&ctr_sock, "cid-b"),
+        (&ctr_sock, "cid-d"),
+        (&ctr_sock, "cid-e"),
+        (&ctr_sock, "cid-f"),
+        (&w1_sock, "cid-c"),
+        (&w1_sock, "never-added"),
+    ] {
+        let r = cni("DEL", sock, cid, "", "");
+        assert_eq!(r.code, 0, "DEL {cid}: {}", r.out);
+    }
+    for (agent, host, opts) in [(&ctr, "k8s-ctr", &ctr_opts), (&w1, "k8s-w1", &w1_opts)] {
+        let st = agent.client().status().unwrap();
+        assert_eq!(st.allocations.len(), 2, "{host}: {:?}", st.allocations);
+        assert_eq!(st.endpoints, 0);
+        let lxc: Vec<_> = node_links(&lab, host)
+            .into_iter()
+            .filter(|l| l.starts_with("lxc"))
+            .collect();
+        assert!(lxc.is_empty(), "{host}: veths left: {lxc:?}");
+        let routes: Vec<_> = node_routes(&lab, host)
+            .into_iter()
+            .filter(|r| r.contains("/32"))
+            .collect();
+        assert!(routes.is_empty(), "{host}: routes left: {routes:?}");
+        let eps = Maps::new(&opts.pin_dir)
+            .endpoints()
+            .unwrap()
+            .list()
+            .unwrap();
+        assert!(eps.is_empty(), "{host}: map entries left: {eps:?}");
+        let links = fibril_datapath::pinned_attachments(&opts.pin_dir).unwrap();
+        assert!(
+            links.iter().all(|l| !l.ifname.starts_with("lxc")),
+            "{host}: lxc links left: {links:?}"
+        );
+    }
+    drop(ctr);
+    drop(w1);
+    eprintln!("total {:?}", t0.elapsed());
+}
