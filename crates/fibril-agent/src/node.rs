@@ -124,6 +124,8 @@ pub struct NodeState {
     pub(crate) remote: BTreeMap<String, (Ipv4Addr, Vec<Ipv4Net>)>,
     /// Routes installed for remote pod CIDRs.
     pub(crate) routes: BTreeMap<Ipv4Net, Route>,
+    /// Containers refused with `range is full` since the node last had room.
+    pub(crate) starved: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -296,6 +298,7 @@ impl NodeState {
             state_path,
             remote: BTreeMap::new(),
             routes: BTreeMap::new(),
+            starved: BTreeSet::new(),
         };
         st.save()?;
         Ok(st)
@@ -338,13 +341,18 @@ impl NodeState {
         let ip = match self.containers.get(container_id) {
             Some(ip) => *ip,
             None => {
-                let ip = self.alloc.allocate(owner).map_err(|e| match e {
-                    IpamError::RangeFull { .. } => ApiError {
-                        kind: "range-full".into(),
-                        message: e.to_string(),
-                    },
-                    e => internal(e.to_string()),
-                })?;
+                let ip = match self.alloc.allocate(owner) {
+                    Ok(ip) => ip,
+                    Err(e @ IpamError::RangeFull { .. }) => {
+                        self.starved.insert(container_id.to_string());
+                        return Err(ApiError {
+                            kind: "range-full".into(),
+                            message: e.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(internal(e.to_string())),
+                };
+                self.starved.remove(container_id);
                 self.containers.insert(container_id.to_string(), ip);
                 self.save_api()?;
                 ip
@@ -543,6 +551,20 @@ impl NodeState {
             node_ip: Some(self.node_ip),
             endpoints: self.endpoints.len(),
         }
+    }
+
+    /// Cluster-pool demand for the operator (`spec.ipam.pools.requested`):
+    /// `used + refused` while the node is out of addresses and pods were
+    /// refused, `None` once there is room again.
+    pub(crate) fn cluster_pool_demand(&mut self) -> Option<u64> {
+        if self.alloc.free() > 0 {
+            self.starved.clear();
+            return None;
+        }
+        if self.starved.is_empty() {
+            return None;
+        }
+        Some(u64::from(self.alloc.used()) + self.starved.len() as u64)
     }
 
     /// Whether `ip` is on a subnet of the underlay device.

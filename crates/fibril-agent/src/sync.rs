@@ -15,12 +15,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use fibril_abi::identity;
 use fibril_api::fibril::NodeAddressType;
 use fibril_api::FibrilNode;
+use fibril_config::IpamMode;
 use fibril_datapath::{Prefix4, Tunnel};
 use fibril_netlink::Route;
 use fibril_store::StoreExt;
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::node::{NodeState, HOST_DEVICE};
 use crate::{fibril_node_cidrs, AgentOptions, Shared};
@@ -65,9 +66,27 @@ pub fn remote_nodes(nodes: &[FibrilNode], me: &str) -> Vec<RemoteNode> {
 
 /// The sync loop (until `stop` is true).
 pub async fn run(opts: AgentOptions, state: Shared, mut stop: watch::Receiver<bool>) {
+    let mut last_demand: Option<Option<u64>> = None;
     loop {
-        if let Err(e) = once(&opts, &state).await {
-            warn!(error = %e, "node sync");
+        match once(&opts, &state).await {
+            Ok(demand) => {
+                if opts.config.ipam.mode == IpamMode::ClusterPool && last_demand != Some(demand) {
+                    let r = crate::update_fibril_node(&opts, |n| {
+                        fibril_operator::contract::request_cluster_pool(n, demand)
+                    })
+                    .await;
+                    match r {
+                        Ok(()) => {
+                            if demand.is_some() {
+                                info!(needed = ?demand, "asked the operator for more pod CIDRs");
+                            }
+                            last_demand = Some(demand);
+                        }
+                        Err(e) => warn!(error = %e, "writing the cluster-pool request"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "node sync"),
         }
         tokio::select! {
             _ = tokio::time::sleep(opts.sync_interval) => {}
@@ -76,17 +95,19 @@ pub async fn run(opts: AgentOptions, state: Shared, mut stop: watch::Receiver<bo
     }
 }
 
-async fn once(opts: &AgentOptions, state: &Shared) -> Result<(), crate::AgentError> {
+/// One pass; returns the cluster-pool demand to publish.
+async fn once(opts: &AgentOptions, state: &Shared) -> Result<Option<u64>, crate::AgentError> {
     let own = crate::current_pod_cidrs(opts).await.unwrap_or_default();
     let nodes = opts.store.list_as::<FibrilNode>(None).await?.items;
     let remotes = remote_nodes(&nodes, &opts.node_name);
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let Ok(mut st) = state.lock() else {
-            return;
+            return None;
         };
         st.add_cidrs(&own);
         apply_remotes(&mut st, &remotes);
+        st.cluster_pool_demand()
     })
     .await
     .map_err(|e| crate::AgentError::Config(format!("sync task: {e}")))
@@ -126,14 +147,17 @@ pub fn apply_remotes(st: &mut NodeState, remotes: &[RemoteNode]) {
                     dst: *c,
                     via: Some(st.router_ip),
                     dev: Some(HOST_DEVICE.into()),
-                    onlink: true,
+                    // Not onlink: the kernel refuses a local address as an
+                    // on-link gateway ("Nexthop has invalid gateway").
+                    onlink: false,
                     src: Some(st.router_ip),
                     table: None,
                 };
-                if st.nl.replace_route(&route).is_ok() {
-                    want_routes.insert(*c, route);
-                } else {
-                    warn!(%route, "tunnel route");
+                match st.nl.replace_route(&route) {
+                    Ok(()) => {
+                        want_routes.insert(*c, route);
+                    }
+                    Err(e) => warn!(%route, error = %e, "tunnel route"),
                 }
             } else if st.config.auto_direct_node_routes && st.directly_connected(r.node_ip) {
                 let route = Route::via(*c, r.node_ip).with_dev(&st.underlay_device);

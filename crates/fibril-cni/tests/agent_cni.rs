@@ -379,6 +379,13 @@ fn agent_and_cni_on_the_fabric() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["code"], 51, "{v}");
 
+    // The agent asks the operator for more (cluster-pool contract).
+    let asked = eventually(Duration::from_secs(10), || {
+        let n: FibrilNode = rt.block_on(store.get_as(None, "k8s-ctr")).unwrap()?;
+        fibril_operator::contract::requested_ipv4(&n, "cluster-pool")
+    });
+    assert_eq!(asked, Some(7), "cluster-pool request after exhaustion");
+
     // Agent restart: allocations come back [restored]; pods keep forwarding
     // while it is down.
     ctr.stop_now().unwrap();
@@ -397,6 +404,25 @@ fn agent_and_cni_on_the_fabric() {
         .iter()
         .any(|a| a == "10.244.0.1 (router [restored])"));
     assert!(ping(&pa, b_ip), "pod A -> pod B after restart");
+
+    // The "operator" hands out a second block: the refused pod now gets an address.
+    let mut n: FibrilNode = rt.block_on(store.get_as(None, "k8s-ctr")).unwrap().unwrap();
+    n.spec
+        .as_mut()
+        .unwrap()
+        .ipam
+        .as_mut()
+        .unwrap()
+        .pod_cidrs
+        .push("10.244.0.8/29".parse().unwrap());
+    rt.block_on(store.update_as(&n)).unwrap();
+    let grown = eventually(Duration::from_secs(10), || {
+        let st = ctr.client().status().ok()?;
+        (st.ipam == "IPv4: 6/12 allocated from 10.244.0.0/29, 10.244.0.8/29").then_some(())
+    });
+    assert!(grown.is_some(), "{:?}", ctr.client().status());
+    let f_ip = pod_ip(&cni("ADD", &ctr_sock, "cid-f", &path(&pf), "pod-f"));
+    assert!(ping(&pa, f_ip), "pod A -> pod F (second block)");
 
     // 50 concurrent ADDs on k8s-w1.
     let names: Vec<String> = (0..50).map(|i| pod(&format!("fcq{i}"))).collect();
@@ -460,6 +486,7 @@ fn agent_and_cni_on_the_fabric() {
     for (agent, host, opts) in [(&ctr, "k8s-ctr", &ctr_opts), (&w1, "k8s-w1", &w1_opts)] {
         let st = agent.client().status().unwrap();
         assert_eq!(st.allocations.len(), 2, "{host}: {:?}", st.allocations);
+        eprintln!("{host} after DEL: {}", st.ipam);
         assert_eq!(st.endpoints, 0);
         let lxc: Vec<_> = node_links(&lab, host)
             .into_iter()
@@ -486,4 +513,120 @@ fn agent_and_cni_on_the_fabric() {
     drop(ctr);
     drop(w1);
     eprintln!("total {:?}", t0.elapsed());
+}
+
+fn pod_mtu(ns: &str) -> u32 {
+    let ns = NetNs::open(ns).unwrap();
+    ns.netlink().unwrap().link("eth0").unwrap().unwrap().mtu
+}
+
+/// `ipam.mode=kubernetes` (Node spec.podCIDRs in the store, copied into the
+/// FibrilNode) with VXLAN tunnel routing: pods on two nodes reach each other
+/// and the node reaches the remote pod through `fibril_host`.
+#[test]
+fn tunnel_mode_with_kubernetes_ipam() {
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = uniq("cnt").replace('x', "_");
+    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let mut cleanup = Cleanup::default();
+    let run_dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (node, cidr) in [("k8s-ctr", "10.244.0.0/24"), ("k8s-w1", "10.244.1.0/24")] {
+        let n = fibril_api::Node {
+            metadata: fibril_api::ObjectMeta {
+                name: Some(node.into()),
+                ..Default::default()
+            },
+            spec: Some(fibril_api::k8s_openapi::api::core::v1::NodeSpec {
+                pod_cidr: Some(cidr.into()),
+                pod_cidrs: Some(vec![cidr.into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        rt.block_on(store.create_as(&n)).unwrap();
+    }
+    let mut config = Config::default();
+    config
+        .apply_sets([
+            "ipam.mode=kubernetes",
+            "routingMode=tunnel",
+            "tunnelProtocol=vxlan",
+        ])
+        .unwrap();
+    let mut opts = |node: &str| {
+        let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
+        cleanup.pin_dirs.push(pin.clone());
+        let mut o = AgentOptions::new(
+            node,
+            &netns_name(&lab, node),
+            run_dir.path().join(node),
+            pin,
+            config.clone(),
+            store.clone(),
+        );
+        o.sync_interval = Duration::from_millis(200);
+        o
+    };
+    let (ctr_opts, w1_opts) = (opts("k8s-ctr"), opts("k8s-w1"));
+    let ctr = Agent::start(ctr_opts.clone());
+    let w1 = Agent::start(w1_opts.clone());
+    let st = ctr.client().status().unwrap();
+    eprintln!("tunnel status: {st:?}");
+    assert_eq!(st.ipam, "IPv4: 2/254 allocated from 10.244.0.0/24");
+    assert!(st.routing.contains("Tunnel [vxlan]"), "{}", st.routing);
+    let fnode: FibrilNode = rt.block_on(store.get_as(None, "k8s-w1")).unwrap().unwrap();
+    assert_eq!(
+        fibril_agent::fibril_node_cidrs(&fnode),
+        vec!["10.244.1.0/24".parse().unwrap()]
+    );
+
+    let mut pod = |tag: &str| {
+        let n = uniq(tag);
+        NetNs::create(&n).unwrap();
+        cleanup.netns.push(n.clone());
+        n
+    };
+    let (pa, pc) = (pod("fcta"), pod("fctc"));
+    let a_ip = pod_ip(&cni(
+        "ADD",
+        &ctr_opts.socket_path,
+        "tun-a",
+        &format!("/run/netns/{pa}"),
+        "a",
+    ));
+    let c_ip = pod_ip(&cni(
+        "ADD",
+        &w1_opts.socket_path,
+        "tun-c",
+        &format!("/run/netns/{pc}"),
+        "c",
+    ));
+    assert_eq!(pod_mtu(&pa), 1450);
+    let ok = eventually(Duration::from_secs(10), || ping(&pa, c_ip).then_some(()));
+    assert!(ok.is_some(), "pod A -> pod C over VXLAN");
+    assert!(ping(&pc, a_ip), "pod C -> pod A over VXLAN");
+    // Node -> remote pod via fibril_host (route + NOARP).
+    let node_ns = netns_name(&lab, "k8s-ctr");
+    let ok = eventually(Duration::from_secs(10), || {
+        ping(&node_ns, c_ip).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "k8s-ctr -> pod C; routes: {:?}",
+        node_routes(&lab, "k8s-ctr")
+    );
+
+    for (sock, cid) in [
+        (&ctr_opts.socket_path, "tun-a"),
+        (&w1_opts.socket_path, "tun-c"),
+    ] {
+        assert_eq!(cni("DEL", sock, cid, "", "").code, 0);
+    }
+    drop(ctr);
+    drop(w1);
 }
