@@ -126,6 +126,8 @@ pub struct NodeState {
     pub(crate) routes: BTreeMap<Ipv4Net, Route>,
     /// Containers refused with `range is full` since the node last had room.
     pub(crate) starved: BTreeSet<String>,
+    /// The ip-masq-agent ConfigMap text last applied (`None`: the config's values).
+    ipmasq_applied: Option<Option<String>>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -238,14 +240,6 @@ impl NodeState {
         dp.attach_host_device(HOST_DEVICE)?;
         let maps = dp.maps();
 
-        let masq = IpMasqConfig::from_ipv4nets(
-            config.ip_masq_agent.non_masquerade_cidrs.as_deref(),
-            config.ip_masq_agent.masq_link_local,
-        );
-        if let Err(e) = ipmasq::apply(&maps, config.ip_masq_agent.enabled, &masq) {
-            warn!(error = %e, "ip-masq-agent prefixes");
-        }
-
         // Endpoints whose veth still exists come back; the others are gone
         // (pod deleted while the agent was down) and release their address.
         let mut endpoints = BTreeMap::new();
@@ -299,9 +293,45 @@ impl NodeState {
             remote: BTreeMap::new(),
             routes: BTreeMap::new(),
             starved: BTreeSet::new(),
+            ipmasq_applied: None,
         };
+        let mut st = st;
+        st.apply_ipmasq(None);
         st.save()?;
         Ok(st)
+    }
+
+    /// Syncs `fibril_ipmasq` with the `kube-system/ip-masq-agent` ConfigMap's
+    /// `config` text, or with the config's `ipMasqAgent.config.*` values when
+    /// there is no ConfigMap. No-op when unchanged.
+    pub(crate) fn apply_ipmasq(&mut self, configmap: Option<String>) {
+        if self.ipmasq_applied.as_ref() == Some(&configmap) {
+            return;
+        }
+        let cfg = match &configmap {
+            Some(text) => match IpMasqConfig::parse(text) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "kube-system/ip-masq-agent: config ignored");
+                    self.ipmasq_applied = Some(configmap);
+                    return;
+                }
+            },
+            None => IpMasqConfig::from_ipv4nets(
+                self.config.ip_masq_agent.non_masquerade_cidrs.as_deref(),
+                self.config.ip_masq_agent.masq_link_local,
+            ),
+        };
+        match ipmasq::apply(&self.maps, self.config.ip_masq_agent.enabled, &cfg) {
+            Ok(_) => {
+                info!(
+                    from_configmap = configmap.is_some(),
+                    "ip-masq-agent prefixes applied"
+                );
+                self.ipmasq_applied = Some(configmap);
+            }
+            Err(e) => warn!(error = %e, "ip-masq-agent prefixes"),
+        }
     }
 
     /// Writes `state.json` atomically.

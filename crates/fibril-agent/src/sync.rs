@@ -4,7 +4,9 @@
 //! mode its pod CIDRs with the node IP as tunnel endpoint) and kernel routes
 //! (tunnel: `podCIDR via <router IP> dev fibril_host`, for host -> remote pod;
 //! native with `autoDirectNodeRoutes`: `podCIDR via <node IP>` only when the
-//! peer is on a subnet of the underlay device).
+//! peer is on a subnet of the underlay device). The `kube-system/ip-masq-agent`
+//! ConfigMap (key `config`), when present, replaces the config's
+//! `ipMasqAgent.config.*` values in `fibril_ipmasq`.
 //!
 //! First cut: the loop relists FibrilNodes every `sync_interval` instead of
 //! watching (the list is small and idempotent to apply).
@@ -14,10 +16,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use fibril_abi::identity;
 use fibril_api::fibril::NodeAddressType;
-use fibril_api::FibrilNode;
+use fibril_api::{ConfigMap, FibrilNode};
 use fibril_config::IpamMode;
 use fibril_datapath::{Prefix4, Tunnel};
 use fibril_netlink::Route;
+use fibril_operator::{IP_MASQ_AGENT_CONFIGMAP, IP_MASQ_AGENT_NAMESPACE};
 use fibril_store::StoreExt;
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
@@ -100,6 +103,11 @@ async fn once(opts: &AgentOptions, state: &Shared) -> Result<Option<u64>, crate:
     let own = crate::current_pod_cidrs(opts).await.unwrap_or_default();
     let nodes = opts.store.list_as::<FibrilNode>(None).await?.items;
     let remotes = remote_nodes(&nodes, &opts.node_name);
+    let masq = opts
+        .store
+        .get_as::<ConfigMap>(Some(IP_MASQ_AGENT_NAMESPACE), IP_MASQ_AGENT_CONFIGMAP)
+        .await?
+        .and_then(|cm| cm.data?.get("config").cloned());
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let Ok(mut st) = state.lock() else {
@@ -107,6 +115,7 @@ async fn once(opts: &AgentOptions, state: &Shared) -> Result<Option<u64>, crate:
         };
         st.add_cidrs(&own);
         apply_remotes(&mut st, &remotes);
+        st.apply_ipmasq(masq);
         st.cluster_pool_demand()
     })
     .await

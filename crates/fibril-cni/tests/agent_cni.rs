@@ -556,6 +556,7 @@ fn tunnel_mode_with_kubernetes_ipam() {
             "ipam.mode=kubernetes",
             "routingMode=tunnel",
             "tunnelProtocol=vxlan",
+            "ipMasqAgent.enabled=true",
         ])
         .unwrap();
     let mut opts = |node: &str| {
@@ -620,6 +621,58 @@ fn tunnel_mode_with_kubernetes_ipam() {
         "k8s-ctr -> pod C; routes: {:?}",
         node_routes(&lab, "k8s-ctr")
     );
+
+    // ip-masq-agent ConfigMap -> fibril_ipmasq.
+    let mut data = std::collections::BTreeMap::new();
+    data.insert(
+        "config".to_string(),
+        r#"{"nonMasqueradeCIDRs":["10.10.1.0/24","10.10.2.0/24"]}"#.to_string(),
+    );
+    let cm = fibril_api::ConfigMap {
+        metadata: fibril_api::ObjectMeta {
+            name: Some("ip-masq-agent".into()),
+            namespace: Some("kube-system".into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    rt.block_on(store.create_as(&cm)).unwrap();
+    let listed = eventually(Duration::from_secs(10), || {
+        let l = fibril_datapath::ipmasq::list(&Maps::new(&ctr_opts.pin_dir)).ok()?;
+        (l.contains("10.10.1.0/24") && l.contains("10.10.2.0/24")).then_some(l)
+    });
+    eprintln!("bpf ipmasq list:\n{}", listed.clone().unwrap_or_default());
+    assert!(listed.is_some(), "ipmasq map follows the ConfigMap");
+
+    // GC through the plugin: only tun-a is valid; a stale tun-x goes.
+    let px = pod("fctx");
+    pod_ip(&cni(
+        "ADD",
+        &ctr_opts.socket_path,
+        "tun-x",
+        &format!("/run/netns/{px}"),
+        "x",
+    ));
+    let mut gc: Value = serde_json::from_str(&conf(&ctr_opts.socket_path)).unwrap();
+    gc["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": "tun-a", "ifname": "eth0"}]);
+    let mut env = BTreeMap::new();
+    env.insert("CNI_COMMAND".to_string(), "GC".to_string());
+    env.insert("CNI_PATH".to_string(), "/opt/cni/bin".to_string());
+    let mut out = Vec::new();
+    assert_eq!(
+        fibril_cni::run_cni(&env, gc.to_string().as_bytes(), &mut out),
+        0
+    );
+    let eps = ctr.client().endpoints().unwrap();
+    assert_eq!(
+        eps.iter()
+            .map(|e| e.container_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["tun-a"]
+    );
+    assert!(!node_links(&lab, "k8s-ctr").contains(&host_ifname("tun-x")));
 
     for (sock, cid) in [
         (&ctr_opts.socket_path, "tun-a"),
