@@ -23,8 +23,9 @@
 //! in the pod, 101 IPAM failure (`range is full`), 102 netlink failure,
 //! 103 CHECK mismatch, 104 agent error.
 //!
-//! Limitation: `CNI_NETNS` must be a bind-mounted namespace under
-//! `/run/netns` (what `ip netns`, podman and containerd use).
+//! `CNI_NETNS` may be a namespace under `/run/netns` or any other namespace
+//! path (`/proc/PID/ns/net`), which is bind-mounted under `/run/netns` for
+//! the duration of the call.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -236,24 +237,65 @@ fn agent_error(what: &str, e: ClientError) -> CniError {
     }
 }
 
-/// Namespace name of a `/run/netns/NAME` path.
-fn netns_name(path: &str) -> CniResult<String> {
+/// Namespace name of a `/run/netns/NAME` path, `None` for other paths.
+fn netns_name(path: &str) -> Option<String> {
     let p = Path::new(path);
-    let bad = || {
-        CniError::new(
-            4,
-            format!(
-                "CNI_NETNS {path:?}: only namespaces bind-mounted under /run/netns are supported"
-            ),
-        )
-    };
-    let name = p.file_name().and_then(|n| n.to_str()).ok_or_else(bad)?;
-    let parent = p.parent().ok_or_else(bad)?;
-    let parent = std::fs::canonicalize(parent).map_err(|_| bad())?;
-    if parent != Path::new(fibril_netlink::NETNS_DIR) {
-        return Err(bad());
+    let name = p.file_name()?.to_str()?;
+    let parent = std::fs::canonicalize(p.parent()?).ok()?;
+    (parent == Path::new(fibril_netlink::NETNS_DIR)).then(|| name.to_string())
+}
+
+/// The pod's namespace as a named [`NetNs`]. A path outside `/run/netns`
+/// (e.g. `/proc/PID/ns/net` from a runtime) is bind-mounted on a temporary
+/// `/run/netns/fibril-cni-<hash>` for the duration of the call, as
+/// `ip netns attach` does.
+struct PodNetns {
+    ns: NetNs,
+    temp: Option<std::path::PathBuf>,
+}
+
+impl PodNetns {
+    fn open(path: &str, container_id: &str) -> CniResult<Self> {
+        let fail = |e: String| CniError::new(4, format!("CNI_NETNS {path}: {e}"));
+        if let Some(name) = netns_name(path) {
+            let ns = NetNs::open(&name).map_err(|e| fail(e.to_string()))?;
+            return Ok(Self { ns, temp: None });
+        }
+        std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        let name = format!(
+            "fibril-cni-{}",
+            &api::host_ifname(&format!("{container_id}@{path}"))[3..]
+        );
+        let dir = Path::new(fibril_netlink::NETNS_DIR);
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("create {}: {e}", dir.display())))?;
+        let target = dir.join(&name);
+        std::fs::File::create(&target)
+            .map_err(|e| fail(format!("create {}: {e}", target.display())))?;
+        if let Err(e) = nix::mount::mount(
+            Some(Path::new(path)),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            let _ = std::fs::remove_file(&target);
+            return Err(fail(format!("bind-mount on {}: {e}", target.display())));
+        }
+        let guard = Self {
+            ns: NetNs::open(&name).map_err(|e| fail(e.to_string()))?,
+            temp: Some(target),
+        };
+        Ok(guard)
     }
-    Ok(name.to_string())
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        if let Some(t) = self.temp.take() {
+            let _ = nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(&t);
+        }
+    }
 }
 
 fn cni_args(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -292,9 +334,8 @@ fn cmd_add(env: &BTreeMap<String, String>, conf: &NetConf) -> CniResult<Value> {
     let cid = env_var(env, "CNI_CONTAINERID")?;
     let netns_path = env_var(env, "CNI_NETNS")?;
     let ifname = env_var(env, "CNI_IFNAME")?;
-    let pod_ns_name = netns_name(netns_path)?;
-    let pod_ns = NetNs::open(&pod_ns_name)
-        .map_err(|e| CniError::new(4, format!("CNI_NETNS {netns_path}: {e}")))?;
+    let pod_netns = PodNetns::open(netns_path, cid)?;
+    let pod_ns = &pod_netns.ns;
     let pod_nl = pod_ns
         .netlink()
         .map_err(nl_fail(format!("netlink in {netns_path}")))?;
@@ -346,7 +387,7 @@ fn cmd_add(env: &BTreeMap<String, String>, conf: &NetConf) -> CniResult<Value> {
                 .map_err(nl_fail(format!("delete stale {host_if}")))?;
         }
         node_nl
-            .add_veth(&host_if, ifname, Some(&pod_ns), Some(ipam.mtu))
+            .add_veth(&host_if, ifname, Some(pod_ns), Some(ipam.mtu))
             .map_err(nl_fail(format!("create veth {host_if}/{ifname}")))?;
         let addr = IpNet::V4(Ipv4Net::from(ipam.ip));
         pod_nl
@@ -498,9 +539,9 @@ fn cmd_check(env: &BTreeMap<String, String>, conf: &NetConf) -> CniResult<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let pod_ns = NetNs::open(&netns_name(netns_path)?)
-        .map_err(|e| CniError::new(4, format!("CNI_NETNS {netns_path}: {e}")))?;
-    let nl = pod_ns
+    let pod_netns = PodNetns::open(netns_path, cid)?;
+    let nl = pod_netns
+        .ns
         .netlink()
         .map_err(nl_fail(format!("netlink in {netns_path}")))?;
     if nl

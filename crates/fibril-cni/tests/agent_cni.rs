@@ -515,6 +515,16 @@ fn agent_and_cni_on_the_fabric() {
     eprintln!("total {:?}", t0.elapsed());
 }
 
+/// Kills its child (by its own pid) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn pod_mtu(ns: &str) -> u32 {
     let ns = NetNs::open(ns).unwrap();
     ns.netlink().unwrap().link("eth0").unwrap().unwrap().mtu
@@ -673,6 +683,41 @@ fn tunnel_mode_with_kubernetes_ipam() {
         vec!["tun-a"]
     );
     assert!(!node_links(&lab, "k8s-ctr").contains(&host_ifname("tun-x")));
+
+    // A runtime-style CNI_NETNS (/proc/PID/ns/net, not under /run/netns).
+    let holder = KillOnDrop(
+        std::process::Command::new("unshare")
+            .args(["-n", "sleep", "60"])
+            .spawn()
+            .unwrap(),
+    );
+    let proc_ns = format!("/proc/{}/ns/net", holder.0.id());
+    let same = eventually(Duration::from_secs(5), || {
+        let a = std::fs::read_link(&proc_ns).ok()?;
+        let b = std::fs::read_link("/proc/self/ns/net").ok()?;
+        (a != b).then_some(())
+    });
+    assert!(same.is_some(), "unshare entered a new netns");
+    let r = cni("ADD", &ctr_opts.socket_path, "tun-proc", &proc_ns, "proc");
+    let proc_ip = pod_ip(&r);
+    let pinged = std::process::Command::new("nsenter")
+        .arg(format!("--net={proc_ns}"))
+        .args(["ping", "-c", "2", "-i", "0.2", "-W", "2", &a_ip.to_string()])
+        .output()
+        .unwrap();
+    assert!(pinged.status.success(), "/proc netns pod -> pod A");
+    assert_eq!(
+        cni("DEL", &ctr_opts.socket_path, "tun-proc", &proc_ns, "").code,
+        0
+    );
+    drop(holder);
+    eprintln!("/proc/PID/ns/net pod got {proc_ip}");
+    let leftovers: Vec<_> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("fibril-cni-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary netns mounts left");
 
     for (sock, cid) in [
         (&ctr_opts.socket_path, "tun-a"),
