@@ -728,3 +728,125 @@ fn tunnel_mode_with_kubernetes_ipam() {
     drop(ctr);
     drop(w1);
 }
+
+/// With real etcd and the real operator (cluster-pool, /28 list carved in
+/// /29 blocks): the agent registers its FibrilNode, the operator assigns the
+/// first block, the node runs out (`range is full`), asks for more, and the
+/// operator's second block serves the refused pod.
+#[test]
+fn cluster_pool_with_etcd_and_operator() {
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = uniq("cno").replace('x', "_");
+    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let mut cleanup = Cleanup::default();
+    let run_dir = tempfile::tempdir().unwrap();
+    let etcd = fibril_store::EtcdServer::start_local(run_dir.path().join("etcd")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store: SharedStore = rt.block_on(async {
+        Arc::new(
+            fibril_store::EtcdStore::connect(
+                vec![etcd.client_url().to_string()],
+                Default::default(),
+            )
+            .await
+            .unwrap(),
+        )
+    });
+    let mut config = Config::default();
+    config
+        .apply_sets([
+            "ipam.mode=cluster-pool",
+            "ipam.operator.clusterPoolIPv4PodCIDRList={10.244.0.0/28}",
+            "ipam.operator.clusterPoolIPv4MaskSize=29",
+            "routingMode=native",
+            "ipv4NativeRoutingCIDR=10.244.0.0/16",
+        ])
+        .unwrap();
+    let (op_stop, op_rx) = tokio::sync::oneshot::channel::<()>();
+    let operator = rt.spawn(fibril_operator::run(
+        store.clone(),
+        config.clone(),
+        async move {
+            let _ = op_rx.await;
+        },
+    ));
+
+    let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
+    cleanup.pin_dirs.push(pin.clone());
+    let mut o = AgentOptions::new(
+        "k8s-ctr",
+        &netns_name(&lab, "k8s-ctr"),
+        run_dir.path().join("k8s-ctr"),
+        pin,
+        config.clone(),
+        store.clone(),
+    );
+    o.sync_interval = Duration::from_millis(200);
+    let sock = o.socket_path.clone();
+    let ctr = Agent::start(o);
+    let st = ctr.client().status().unwrap();
+    assert_eq!(st.ipam, "IPv4: 2/6 allocated from 10.244.0.0/29");
+
+    let mut pod = |tag: &str| {
+        let n = uniq(tag);
+        NetNs::create(&n).unwrap();
+        cleanup.netns.push(n.clone());
+        n
+    };
+    let pods: Vec<String> = (0..5).map(|i| pod(&format!("fco{i}"))).collect();
+    let mut ips = Vec::new();
+    for (i, p) in pods.iter().take(4).enumerate() {
+        ips.push(pod_ip(&cni(
+            "ADD",
+            &sock,
+            &format!("op-{i}"),
+            &format!("/run/netns/{p}"),
+            &format!("p{i}"),
+        )));
+    }
+    let full = cni(
+        "ADD",
+        &sock,
+        "op-4",
+        &format!("/run/netns/{}", pods[4]),
+        "p4",
+    );
+    assert!(
+        full.out["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("range is full"),
+        "{}",
+        full.out
+    );
+    let grown = eventually(Duration::from_secs(20), || {
+        let st = ctr.client().status().ok()?;
+        st.ipam.contains("10.244.0.8/29").then_some(st.ipam)
+    });
+    eprintln!("after the operator's extra block: {grown:?}");
+    assert!(grown.is_some(), "operator added a block");
+    let ip4 = pod_ip(&cni(
+        "ADD",
+        &sock,
+        "op-4",
+        &format!("/run/netns/{}", pods[4]),
+        "p4",
+    ));
+    assert!(
+        ping(&pods[0], ip4),
+        "pod in the first block -> pod in the second"
+    );
+    for i in 0..5 {
+        assert_eq!(cni("DEL", &sock, &format!("op-{i}"), "", "").code, 0);
+    }
+    drop(ctr);
+    let _ = op_stop.send(());
+    let _ = rt.block_on(operator);
+    drop(store);
+    drop(rt);
+    drop(etcd);
+}
