@@ -597,6 +597,23 @@ impl NodeState {
         Some(u64::from(self.alloc.used()) + self.starved.len() as u64)
     }
 
+    /// `status.ipam.used` of the FibrilNode: address -> owner.
+    pub(crate) fn used_map(&self) -> BTreeMap<std::net::IpAddr, fibril_api::fibril::AllocationIp> {
+        self.alloc
+            .allocations()
+            .into_iter()
+            .map(|a| {
+                (
+                    std::net::IpAddr::V4(a.ip),
+                    fibril_api::fibril::AllocationIp {
+                        owner: Some(a.owner),
+                        resource: Some(self.node_name.clone()),
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Whether `ip` is on a subnet of the underlay device.
     pub(crate) fn directly_connected(&self, ip: Ipv4Addr) -> bool {
         self.underlay.subnets.iter().any(|n| n.contains(&ip))

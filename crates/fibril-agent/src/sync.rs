@@ -70,9 +70,29 @@ pub fn remote_nodes(nodes: &[FibrilNode], me: &str) -> Vec<RemoteNode> {
 /// The sync loop (until `stop` is true).
 pub async fn run(opts: AgentOptions, state: Shared, mut stop: watch::Receiver<bool>) {
     let mut last_demand: Option<Option<u64>> = None;
+    let mut last_used = None;
     loop {
         match once(&opts, &state).await {
-            Ok(demand) => {
+            Ok((demand, used)) => {
+                if last_used.as_ref() != Some(&used) {
+                    let r = crate::update_fibril_node(&opts, |n| {
+                        let ipam = n
+                            .status
+                            .get_or_insert_with(Default::default)
+                            .ipam
+                            .get_or_insert_with(Default::default);
+                        if ipam.used == used {
+                            return false;
+                        }
+                        ipam.used = used.clone();
+                        true
+                    })
+                    .await;
+                    match r {
+                        Ok(()) => last_used = Some(used),
+                        Err(e) => warn!(error = %e, "writing status.ipam.used"),
+                    }
+                }
                 if opts.config.ipam.mode == IpamMode::ClusterPool && last_demand != Some(demand) {
                     let r = crate::update_fibril_node(&opts, |n| {
                         fibril_operator::contract::request_cluster_pool(n, demand)
@@ -98,8 +118,14 @@ pub async fn run(opts: AgentOptions, state: Shared, mut stop: watch::Receiver<bo
     }
 }
 
-/// One pass; returns the cluster-pool demand to publish.
-async fn once(opts: &AgentOptions, state: &Shared) -> Result<Option<u64>, crate::AgentError> {
+/// `status.ipam.used` of the FibrilNode.
+type UsedMap = BTreeMap<std::net::IpAddr, fibril_api::fibril::AllocationIp>;
+
+/// One pass; returns the cluster-pool demand and the used map to publish.
+async fn once(
+    opts: &AgentOptions,
+    state: &Shared,
+) -> Result<(Option<u64>, UsedMap), crate::AgentError> {
     let own = crate::current_pod_cidrs(opts).await.unwrap_or_default();
     let nodes = opts.store.list_as::<FibrilNode>(None).await?.items;
     let remotes = remote_nodes(&nodes, &opts.node_name);
@@ -111,12 +137,12 @@ async fn once(opts: &AgentOptions, state: &Shared) -> Result<Option<u64>, crate:
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let Ok(mut st) = state.lock() else {
-            return None;
+            return (None, UsedMap::new());
         };
         st.add_cidrs(&own);
         apply_remotes(&mut st, &remotes);
         st.apply_ipmasq(masq);
-        st.cluster_pool_demand()
+        (st.cluster_pool_demand(), st.used_map())
     })
     .await
     .map_err(|e| crate::AgentError::Config(format!("sync task: {e}")))

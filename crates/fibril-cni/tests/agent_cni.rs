@@ -333,6 +333,14 @@ fn agent_and_cni_on_the_fabric() {
         String::from_utf8_lossy(&out)
     );
 
+    let used = eventually(Duration::from_secs(10), || {
+        let n: FibrilNode = rt.block_on(store.get_as(None, "k8s-ctr")).unwrap()?;
+        let used = n.status?.ipam?.used;
+        let owner = used.get(&std::net::IpAddr::V4(a_ip))?.owner.clone()?;
+        (owner == "default/pod-a" && used.len() == 4).then_some(used.len())
+    });
+    assert_eq!(used, Some(4), "FibrilNode status.ipam.used");
+
     assert!(ping(&pa, b_ip), "pod A -> pod B");
     assert!(ping(&pb, a_ip), "pod B -> pod A");
     assert!(ping(&pa, router_ip), "pod A -> router IP");
