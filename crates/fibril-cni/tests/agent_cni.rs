@@ -297,7 +297,9 @@ fn agent_and_cni_on_the_fabric() {
     };
     let (pa, pb, pc) = (pod("fcpa"), pod("fcpb"), pod("fcpc"));
     let path = |n: &str| format!("/run/netns/{n}");
+    let t = Instant::now();
     let ra = cni("ADD", &ctr_sock, "cid-a", &path(&pa), "pod-a");
+    eprintln!("one ADD (idle agent): {:?}", t.elapsed());
     let a_ip = pod_ip(&ra);
     eprintln!("ADD result: {}", ra.out);
     assert_eq!(ra.out["ips"][0]["gateway"], "10.244.0.1");
@@ -435,26 +437,37 @@ fn agent_and_cni_on_the_fabric() {
     // 50 concurrent ADDs on k8s-w1.
     let names: Vec<String> = (0..50).map(|i| pod(&format!("fcq{i}"))).collect();
     let t = Instant::now();
-    let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
+    let results: Vec<(Ipv4Addr, Duration)> = std::thread::scope(|s| {
         let hs: Vec<_> = names
             .iter()
             .enumerate()
             .map(|(i, n)| {
                 let sock = w1_sock.clone();
                 s.spawn(move || {
-                    pod_ip(&cni(
+                    let t = Instant::now();
+                    let ip = pod_ip(&cni(
                         "ADD",
                         &sock,
                         &format!("cid-q{i}"),
                         &format!("/run/netns/{n}"),
                         &format!("q{i}"),
-                    ))
+                    ));
+                    (ip, t.elapsed())
                 })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    eprintln!("50 concurrent ADDs: {:?}", t.elapsed());
+    let ips: Vec<Ipv4Addr> = results.iter().map(|r| r.0).collect();
+    let mut lat: Vec<Duration> = results.iter().map(|r| r.1).collect();
+    lat.sort();
+    eprintln!(
+        "50 concurrent ADDs: {:?} total, per ADD p50 {:?} p99 {:?} max {:?}",
+        t.elapsed(),
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100],
+        lat[lat.len() - 1]
+    );
     let distinct: BTreeSet<_> = ips.iter().collect();
     assert_eq!(distinct.len(), 50);
     assert!(ping(&names[0], ips[49]), "q0 -> q49");
