@@ -45,6 +45,10 @@ pub struct IpamRequest {
     pub container_id: String,
     /// `namespace/pod`, or the container id when the runtime gave no pod.
     pub owner: String,
+    /// Multi-pool: the pool; default: from the Pod's / Namespace's
+    /// `ipam.cilium.io/ip-pool` annotation in the store, else `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Answer to [`IpamRequest`].

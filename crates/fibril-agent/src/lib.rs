@@ -27,6 +27,7 @@
 //! 256..=65535; the same hash family the operator tries first).
 
 pub mod api;
+pub mod ipam;
 mod node;
 pub mod server;
 pub mod sync;
@@ -70,6 +71,9 @@ pub struct AgentOptions {
     pub store: SharedStore,
     /// Interval of the node sync loop.
     pub sync_interval: Duration,
+    /// Multi-pool: how long an IPAM request waits for the operator to hand
+    /// this node a block of a pool without room before `range is full`.
+    pub pool_wait: Duration,
 }
 
 impl std::fmt::Debug for AgentOptions {
@@ -105,6 +109,7 @@ impl AgentOptions {
             config,
             store,
             sync_interval: Duration::from_millis(500),
+            pool_wait: Duration::from_secs(5),
         }
     }
 }
@@ -196,8 +201,9 @@ pub async fn run(
     };
     info!(node = %opts.node_name, cidrs = ?cidrs, "pod CIDRs");
 
+    let (cidrs, pools) = cidrs;
     let o = opts.clone();
-    let state = tokio::task::spawn_blocking(move || NodeState::start(&o, underlay, &cidrs))
+    let state = tokio::task::spawn_blocking(move || NodeState::start(&o, underlay, &cidrs, &pools))
         .await
         .map_err(|e| AgentError::Config(format!("start task: {e}")))??;
     let (router_ip, health_ip, node_ip) = (state.router_ip, state.health_ip, state.node_ip);
@@ -262,13 +268,46 @@ async fn register_node(opts: &AgentOptions, node_ip: Ipv4Addr) -> Result<(), Age
     }
 }
 
-/// Polls the store until the node has pod CIDRs for the configured IPAM mode.
-async fn wait_pod_cidrs(opts: &AgentOptions) -> Result<Vec<Ipv4Net>, AgentError> {
+/// Pod CIDRs (cluster-pool, kubernetes) and pool blocks (multi-pool).
+type NodeCidrs = (
+    Vec<Ipv4Net>,
+    std::collections::BTreeMap<String, Vec<Ipv4Net>>,
+);
+
+/// Polls the store until the node has pod CIDRs for the configured IPAM mode
+/// (multi-pool: asks for the `default` pool first and waits for its blocks).
+async fn wait_pod_cidrs(opts: &AgentOptions) -> Result<NodeCidrs, AgentError> {
     let mut warned = false;
+    if opts.config.ipam.mode == IpamMode::MultiPool {
+        let req = fibril_ipam::MultiPoolNode::default().request(std::time::Instant::now());
+        update_fibril_node(opts, |n| {
+            // Keep requests of a previous run (they cover restored addresses).
+            let has = fibril_operator::requested_ipv4(n, fibril_ipam::DEFAULT_POOL).is_some();
+            !has && fibril_operator::contract::apply_pool_request(n, &req)
+        })
+        .await?;
+    }
     loop {
-        let cidrs = current_pod_cidrs(opts).await?;
-        if !cidrs.is_empty() {
-            return Ok(cidrs);
+        if opts.config.ipam.mode == IpamMode::MultiPool {
+            let node = opts
+                .store
+                .get_as::<FibrilNode>(None, &opts.node_name)
+                .await?;
+            let pools = node
+                .as_ref()
+                .map(fibril_operator::allocated_pools)
+                .unwrap_or_default();
+            if pools
+                .get(fibril_ipam::DEFAULT_POOL)
+                .is_some_and(|b| !b.is_empty())
+            {
+                return Ok((Vec::new(), pools));
+            }
+        } else {
+            let cidrs = current_pod_cidrs(opts).await?;
+            if !cidrs.is_empty() {
+                return Ok((cidrs, Default::default()));
+            }
         }
         if !warned {
             info!(node = %opts.node_name, mode = %opts.config.ipam.mode, "waiting for pod CIDRs");
@@ -313,9 +352,8 @@ pub(crate) async fn current_pod_cidrs(opts: &AgentOptions) -> Result<Vec<Ipv4Net
             }
             Ok(out)
         }
-        IpamMode::MultiPool => Err(AgentError::Config(
-            "ipam.mode=multi-pool: not supported by this agent yet".into(),
-        )),
+        // Pool blocks come through `spec.ipam.pools.allocated` (see sync).
+        IpamMode::MultiPool => Ok(Vec::new()),
     }
 }
 

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use crate::ipam::NodeIpam;
 use fibril_abi::EndpointInfo;
 use fibril_config::{Config, RoutingMode, TunnelProtocol};
 use fibril_datapath::ipmasq::{self, IpMasqConfig};
 use fibril_datapath::{Datapath, DatapathConfig, DatapathOptions, Device, Maps, Netns, Tunnel};
-use fibril_ipam::{IpamError, NodeAllocator, NodeAllocatorState};
+use fibril_ipam::{IpamError, MultiPoolNode, NodeAllocator, NodeAllocatorState, DEFAULT_POOL};
 use fibril_netlink::{NetNs, Netlink, NetlinkError, Route};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
@@ -30,12 +31,26 @@ pub const NET_DEVICE: &str = "fibril_net";
 /// What the agent persists in `<state_dir>/state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PersistedState {
-    /// Allocator CIDRs and allocations.
+    /// Allocator CIDRs and allocations (single allocator; kept for older files).
     pub ipam: NodeAllocatorState,
+    /// Every allocation with its pool.
+    #[serde(default)]
+    pub allocations: Vec<PoolAllocation>,
     /// Container id -> its address.
     pub containers: BTreeMap<String, Ipv4Addr>,
     /// Container id -> endpoint.
     pub endpoints: BTreeMap<String, EndpointRecord>,
+}
+
+/// One persisted allocation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolAllocation {
+    /// Pool (`default` outside multi-pool).
+    pub pool: String,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Owner.
+    pub owner: String,
 }
 
 /// Facts about the underlay device.
@@ -105,7 +120,7 @@ pub struct NodeState {
     pub(crate) nl: Netlink,
     pub(crate) dp: Datapath,
     pub(crate) maps: Maps,
-    pub(crate) alloc: NodeAllocator,
+    pub(crate) alloc: NodeIpam,
     pub(crate) containers: BTreeMap<String, Ipv4Addr>,
     pub(crate) endpoints: BTreeMap<String, EndpointRecord>,
     /// Router IP.
@@ -124,8 +139,8 @@ pub struct NodeState {
     pub(crate) remote: BTreeMap<String, (Ipv4Addr, Vec<Ipv4Net>)>,
     /// Routes installed for remote pod CIDRs.
     pub(crate) routes: BTreeMap<Ipv4Net, Route>,
-    /// Containers refused with `range is full` since the node last had room.
-    pub(crate) starved: BTreeSet<String>,
+    /// Containers refused with `range is full` (-> their pool) since the pool last had room.
+    pub(crate) starved: BTreeMap<String, String>,
     /// The ip-masq-agent ConfigMap text last applied (`None`: the config's values).
     ipmasq_applied: Option<Option<String>>,
 }
@@ -162,6 +177,7 @@ impl NodeState {
         opts: &AgentOptions,
         underlay: Underlay,
         cidrs: &[Ipv4Net],
+        pools: &BTreeMap<String, Vec<Ipv4Net>>,
     ) -> Result<Self, AgentError> {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|e| AgentError::io(format!("create {}", opts.state_dir.display()), e))?;
@@ -174,30 +190,46 @@ impl NodeState {
             Err(e) => return Err(AgentError::io(format!("read {}", state_path.display()), e)),
         };
 
-        // IPAM: current CIDRs plus saved ones still holding addresses.
-        let mut alloc = NodeAllocator::with_cidrs(cidrs.iter().copied()).map_err(ipam_err)?;
-        let outcome = alloc.restore(
+        // IPAM: the node's CIDRs (or pool blocks), then the saved allocations.
+        let mut alloc = match opts.config.ipam.mode {
+            fibril_config::IpamMode::MultiPool => {
+                let mut m = MultiPoolNode::default();
+                if let Err(e) = m.sync(pools) {
+                    warn!(error = %e, "pool blocks");
+                }
+                NodeIpam::Multi(Box::new(m))
+            }
+            _ => NodeIpam::Single(
+                NodeAllocator::with_cidrs(cidrs.iter().copied()).map_err(ipam_err)?,
+            ),
+        };
+        let saved_allocs: Vec<(String, Ipv4Addr, String)> = if saved.allocations.is_empty() {
             saved
                 .ipam
                 .allocations
                 .iter()
-                .map(|a| (a.ip, a.owner.as_str())),
-        );
-        for (ip, e) in &outcome.skipped {
-            warn!(%ip, error = %e, "allocation not restored");
-        }
+                .map(|a| (DEFAULT_POOL.to_string(), a.ip, a.owner.clone()))
+                .collect()
+        } else {
+            saved
+                .allocations
+                .iter()
+                .map(|a| (a.pool.clone(), a.ip, a.owner.clone()))
+                .collect()
+        };
+        alloc.restore(&saved_allocs);
         let containers: BTreeMap<String, Ipv4Addr> = saved
             .containers
             .into_iter()
-            .filter(|(_, ip)| alloc.contains(*ip) && alloc.owner_of(*ip).is_some())
+            .filter(|(_, ip)| alloc.is_allocated(*ip))
             .collect();
         let router_ip = match alloc.addresses_of("router").first() {
             Some(ip) => *ip,
-            None => alloc.allocate("router").map_err(ipam_err)?,
+            None => alloc.allocate(DEFAULT_POOL, "router").map_err(ipam_err)?,
         };
         let health_ip = match alloc.addresses_of("health").first() {
             Some(ip) => *ip,
-            None => alloc.allocate("health").map_err(ipam_err)?,
+            None => alloc.allocate(DEFAULT_POOL, "health").map_err(ipam_err)?,
         };
 
         let config = opts.config.clone();
@@ -292,7 +324,7 @@ impl NodeState {
             state_path,
             remote: BTreeMap::new(),
             routes: BTreeMap::new(),
-            starved: BTreeSet::new(),
+            starved: BTreeMap::new(),
             ipmasq_applied: None,
         };
         let mut st = st;
@@ -337,7 +369,17 @@ impl NodeState {
     /// Writes `state.json` atomically.
     pub fn save(&self) -> Result<(), AgentError> {
         let st = PersistedState {
-            ipam: self.alloc.state(),
+            ipam: self.alloc.single_state(),
+            allocations: self
+                .alloc
+                .allocations_with_pool()
+                .into_iter()
+                .map(|(pool, a)| PoolAllocation {
+                    pool,
+                    ip: a.ip,
+                    owner: a.owner,
+                })
+                .collect(),
             containers: self.containers.clone(),
             endpoints: self.endpoints.clone(),
         };
@@ -357,29 +399,37 @@ impl NodeState {
     /// Adds pod CIDRs given to the node later (extra cluster-pool blocks).
     pub(crate) fn add_cidrs(&mut self, cidrs: &[Ipv4Net]) {
         for c in cidrs {
-            if !self.alloc.has_cidr(*c) {
-                match self.alloc.add_cidr(*c) {
-                    Ok(_) => info!(cidr = %c, "pod CIDR added"),
-                    Err(e) => warn!(cidr = %c, error = %e, "pod CIDR not added"),
-                }
+            match self.alloc.add_cidr(*c) {
+                Ok(true) => info!(cidr = %c, "pod CIDR added"),
+                Ok(false) => {}
+                Err(e) => warn!(cidr = %c, error = %e, "pod CIDR not added"),
             }
         }
     }
 
     /// `POST /v1/ipam`.
-    pub fn allocate(&mut self, container_id: &str, owner: &str) -> Result<IpamResponse, ApiError> {
+    pub fn allocate(
+        &mut self,
+        container_id: &str,
+        owner: &str,
+        pool: &str,
+    ) -> Result<IpamResponse, ApiError> {
         let ip = match self.containers.get(container_id) {
             Some(ip) => *ip,
             None => {
-                let ip = match self.alloc.allocate(owner) {
+                let ip = match self.alloc.allocate(pool, owner) {
                     Ok(ip) => ip,
                     Err(e @ IpamError::RangeFull { .. }) => {
-                        self.starved.insert(container_id.to_string());
+                        self.starved
+                            .insert(container_id.to_string(), pool.to_string());
+                        let pending = self.starved.values().filter(|p| p.as_str() == pool).count();
+                        self.alloc.set_pending(pool, pending as u64);
                         return Err(ApiError {
                             kind: "range-full".into(),
                             message: e.to_string(),
                         });
                     }
+                    Err(e @ IpamError::UnknownPool { .. }) => return Err(bad(e.to_string())),
                     Err(e) => return Err(internal(e.to_string())),
                 };
                 self.starved.remove(container_id);
@@ -587,6 +637,9 @@ impl NodeState {
     /// `used + refused` while the node is out of addresses and pods were
     /// refused, `None` once there is room again.
     pub(crate) fn cluster_pool_demand(&mut self) -> Option<u64> {
+        if matches!(self.alloc, NodeIpam::Multi(_)) {
+            return None;
+        }
         if self.alloc.free() > 0 {
             self.starved.clear();
             return None;
@@ -595,6 +648,26 @@ impl NodeState {
             return None;
         }
         Some(u64::from(self.alloc.used()) + self.starved.len() as u64)
+    }
+
+    /// Multi-pool: applies the operator's blocks, forgets refused pods of pools
+    /// that have room again, and returns the request to publish.
+    pub(crate) fn multi_pool_round(
+        &mut self,
+        allocated: &BTreeMap<String, Vec<Ipv4Net>>,
+    ) -> Option<fibril_ipam::NodePoolRequest> {
+        if !matches!(self.alloc, NodeIpam::Multi(_)) {
+            return None;
+        }
+        self.alloc.sync_pools(allocated);
+        let pools: BTreeSet<String> = self.starved.values().cloned().collect();
+        for pool in pools {
+            if self.alloc.free_in(&pool) > 0 {
+                self.starved.retain(|_, p| *p != pool);
+                self.alloc.set_pending(&pool, 0);
+            }
+        }
+        self.alloc.pool_request(std::time::Instant::now())
     }
 
     /// `status.ipam.used` of the FibrilNode: address -> owner.

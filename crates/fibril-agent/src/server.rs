@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -127,7 +128,28 @@ async fn status(State(ctx): State<Ctx>) -> Result<Response, Failure> {
 }
 
 async fn ipam(State(ctx): State<Ctx>, Json(req): Json<IpamRequest>) -> Result<Response, Failure> {
-    let r = with_state(&ctx, move |st| st.allocate(&req.container_id, &req.owner)).await?;
+    let pool = match &req.pool {
+        Some(p) => p.clone(),
+        None if ctx.opts.config.ipam.mode == fibril_config::IpamMode::MultiPool => {
+            pool_for(&ctx, &req.owner).await
+        }
+        None => fibril_ipam::DEFAULT_POOL.to_string(),
+    };
+    // Multi-pool: a pool without room on this node gets a block on demand;
+    // wait for the operator (the sync loop publishes the request) a while.
+    let multi = ctx.opts.config.ipam.mode == fibril_config::IpamMode::MultiPool;
+    let deadline = tokio::time::Instant::now() + ctx.opts.pool_wait;
+    let r = loop {
+        let (cid, owner, p) = (req.container_id.clone(), req.owner.clone(), pool.clone());
+        match with_state(&ctx, move |st| st.allocate(&cid, &owner, &p)).await {
+            Err(Failure(_, e))
+                if multi && e.kind == "range-full" && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other?,
+        }
+    };
     Ok(Json(r).into_response())
 }
 
@@ -157,6 +179,23 @@ async fn delete_endpoint(
 async fn gc(State(ctx): State<Ctx>, Json(req): Json<GcRequest>) -> Result<Response, Failure> {
     let removed = with_state(&ctx, move |st| st.gc(&req.valid)).await?;
     Ok(Json(GcResponse { removed }).into_response())
+}
+
+/// Multi-pool: the pool of the pod `owner` (`ns/name`) by annotation.
+async fn pool_for(ctx: &Ctx, owner: &str) -> String {
+    let store = &ctx.opts.store;
+    let Some((ns, name)) = owner.split_once('/') else {
+        return fibril_ipam::DEFAULT_POOL.to_string();
+    };
+    let pod = store.get_as::<Pod>(Some(ns), name).await.ok().flatten();
+    let namespace = store
+        .get_as::<fibril_api::Namespace>(None, ns)
+        .await
+        .ok()
+        .flatten();
+    let pod_ann = pod.and_then(|p| p.metadata.annotations);
+    let ns_ann = namespace.and_then(|n| n.metadata.annotations);
+    fibril_ipam::select_pool(pod_ann.as_ref(), ns_ann.as_ref()).to_string()
 }
 
 /// The pod's security identity: the operator's FibrilIdentity for the pod's

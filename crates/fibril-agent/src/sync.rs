@@ -58,10 +58,18 @@ pub fn remote_nodes(nodes: &[FibrilNode], me: &str) -> Vec<RemoteNode> {
                         (NodeAddressType::InternalIP, IpAddr::V4(ip)) => Some(ip),
                         _ => None,
                     })?;
+            let mut cidrs = fibril_node_cidrs(n);
+            for blocks in fibril_operator::allocated_pools(n).into_values() {
+                for b in blocks {
+                    if !cidrs.contains(&b) {
+                        cidrs.push(b);
+                    }
+                }
+            }
             Some(RemoteNode {
                 name,
                 node_ip,
-                cidrs: fibril_node_cidrs(n),
+                cidrs,
             })
         })
         .collect()
@@ -128,6 +136,11 @@ async fn once(
 ) -> Result<(Option<u64>, UsedMap), crate::AgentError> {
     let own = crate::current_pod_cidrs(opts).await.unwrap_or_default();
     let nodes = opts.store.list_as::<FibrilNode>(None).await?.items;
+    let allocated = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(opts.node_name.as_str()))
+        .map(fibril_operator::allocated_pools)
+        .unwrap_or_default();
     let remotes = remote_nodes(&nodes, &opts.node_name);
     let masq = opts
         .store
@@ -135,17 +148,26 @@ async fn once(
         .await?
         .and_then(|cm| cm.data?.get("config").cloned());
     let state = state.clone();
-    tokio::task::spawn_blocking(move || {
+    let out = tokio::task::spawn_blocking(move || {
         let Ok(mut st) = state.lock() else {
-            return (None, UsedMap::new());
+            return (None, UsedMap::new(), None);
         };
         st.add_cidrs(&own);
+        let pool_req = st.multi_pool_round(&allocated);
         apply_remotes(&mut st, &remotes);
         st.apply_ipmasq(masq);
-        (st.cluster_pool_demand(), st.used_map())
+        (st.cluster_pool_demand(), st.used_map(), pool_req)
     })
     .await
-    .map_err(|e| crate::AgentError::Config(format!("sync task: {e}")))
+    .map_err(|e| crate::AgentError::Config(format!("sync task: {e}")))?;
+    let (demand, used, pool_req) = out;
+    if let Some(req) = pool_req {
+        crate::update_fibril_node(opts, |n| {
+            fibril_operator::contract::apply_pool_request(n, &req)
+        })
+        .await?;
+    }
+    Ok((demand, used))
 }
 
 /// Makes ipcache and routes match `remotes` (adds/updates, then removes stale).

@@ -370,6 +370,7 @@ fn cmd_add(env: &BTreeMap<String, String>, conf: &NetConf) -> CniResult<Value> {
         .allocate(&IpamRequest {
             container_id: cid.to_string(),
             owner,
+            pool: None,
         })
         .map_err(|e| agent_error("unable to allocate IP via local agent", e))?;
 

@@ -871,3 +871,107 @@ fn cluster_pool_with_etcd_and_operator() {
     drop(rt);
     drop(etcd);
 }
+
+/// multi-pool with the real operator: the agent asks for `default` blocks
+/// at start; a pod annotated `ipam.cilium.io/ip-pool: blue` makes the node
+/// ask for a `blue` block on demand (the ADD waits for it).
+#[test]
+fn multi_pool_with_operator() {
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = uniq("cnm").replace('x', "_");
+    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let mut cleanup = Cleanup::default();
+    let run_dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let mut config = Config::default();
+    config
+        .apply_sets([
+            "ipam.mode=multi-pool",
+            "ipam.operator.autoCreateCiliumPodIPPools.default.ipv4.cidrs={10.244.0.0/16}",
+            "ipam.operator.autoCreateCiliumPodIPPools.default.ipv4.maskSize=28",
+            "ipam.operator.autoCreateCiliumPodIPPools.blue.ipv4.cidrs={10.250.0.0/24}",
+            "ipam.operator.autoCreateCiliumPodIPPools.blue.ipv4.maskSize=29",
+            "routingMode=native",
+            "ipv4NativeRoutingCIDR=10.0.0.0/8",
+        ])
+        .unwrap();
+    let (op_stop, op_rx) = tokio::sync::oneshot::channel::<()>();
+    let operator = rt.spawn(fibril_operator::run(
+        store.clone(),
+        config.clone(),
+        async move {
+            let _ = op_rx.await;
+        },
+    ));
+    let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
+    cleanup.pin_dirs.push(pin.clone());
+    let mut o = AgentOptions::new(
+        "k8s-ctr",
+        &netns_name(&lab, "k8s-ctr"),
+        run_dir.path().join("k8s-ctr"),
+        pin,
+        config.clone(),
+        store.clone(),
+    );
+    o.sync_interval = Duration::from_millis(200);
+    let sock = o.socket_path.clone();
+    let ctr = Agent::start(o);
+    let st = ctr.client().status().unwrap();
+    eprintln!("multi-pool start: {}", st.ipam);
+    assert!(st.ipam.starts_with("IPv4: 2/"), "{}", st.ipam);
+    assert!(st.ipam.contains("10.244.0.0/28"), "{}", st.ipam);
+
+    // A pod of the blue pool (annotation on the Pod object in the store).
+    let mut ann = std::collections::BTreeMap::new();
+    ann.insert("ipam.cilium.io/ip-pool".to_string(), "blue".to_string());
+    let p = fibril_api::Pod {
+        metadata: fibril_api::ObjectMeta {
+            name: Some("blue-pod".into()),
+            namespace: Some("default".into()),
+            annotations: Some(ann),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    rt.block_on(store.create_as(&p)).unwrap();
+    let (pd, pb) = (uniq("fcmd"), uniq("fcmb"));
+    for n in [&pd, &pb] {
+        NetNs::create(n).unwrap();
+        cleanup.netns.push(n.clone());
+    }
+    let d_ip = pod_ip(&cni(
+        "ADD",
+        &sock,
+        "mp-d",
+        &format!("/run/netns/{pd}"),
+        "plain",
+    ));
+    let t = Instant::now();
+    let b_ip = pod_ip(&cni(
+        "ADD",
+        &sock,
+        "mp-b",
+        &format!("/run/netns/{pb}"),
+        "blue-pod",
+    ));
+    eprintln!(
+        "default pod {d_ip}, blue pod {b_ip} (waited {:?} for the block)",
+        t.elapsed()
+    );
+    assert!(d_ip.to_string().starts_with("10.244.0."));
+    assert!(b_ip.to_string().starts_with("10.250.0."));
+    assert!(ping(&pd, b_ip), "default pod -> blue pod");
+    let st = ctr.client().status().unwrap();
+    eprintln!("multi-pool status: {} {:?}", st.ipam, st.allocations);
+    for cid in ["mp-d", "mp-b"] {
+        assert_eq!(cni("DEL", &sock, cid, "", "").code, 0);
+    }
+    drop(ctr);
+    let _ = op_stop.send(());
+    let _ = rt.block_on(operator);
+}
