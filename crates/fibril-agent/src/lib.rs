@@ -5,14 +5,18 @@
 //!
 //! 1. reads the underlay device (`eth1`: node IP, MAC, MTU) in the node netns;
 //! 2. registers the node's FibrilNode and waits for its pod CIDRs
-//!    (`cluster-pool`: `spec.ipam.podCIDRs` written by the operator;
-//!    `kubernetes`: the Node's `spec.podCIDRs`, copied into the FibrilNode);
+//!    (`cluster-pool`: `spec.ipam.podCIDRs` written by the operator, more
+//!    requested through `spec.ipam.pools.requested` when exhausted;
+//!    `kubernetes`: the Node's `spec.podCIDRs`, copied into the FibrilNode;
+//!    `multi-pool`: `default` pool blocks requested and waited for, other
+//!    pools (by Pod/Namespace annotation) on demand, see [`ipam`]);
 //! 3. restores IP allocations and endpoints from `<state_dir>/state.json`
 //!    (marked `[restored]`), allocates the router and health IPs (first);
 //! 4. creates `fibril_host`/`fibril_net` with the router IP (/32), loads the
 //!    datapath (pinned under `pin_dir`, reused across restarts), attaches
 //!    `bpf_host` to the underlay and `fibril_host`, re-attaches restored
-//!    endpoints, writes the ip-masq-agent prefixes;
+//!    endpoints, writes the ip-masq-agent prefixes, sets up the health
+//!    endpoint (netns `<node netns>-health`, `lxc_health`, the health IP);
 //! 5. publishes internal IP, router IP, health IP in the FibrilNode;
 //! 6. keeps the ipcache and kernel routes in sync with the other FibrilNodes
 //!    ([`sync`]), and serves the HTTP/JSON API on a unix socket ([`server`],
@@ -71,6 +75,9 @@ pub struct AgentOptions {
     pub store: SharedStore,
     /// Interval of the node sync loop.
     pub sync_interval: Duration,
+    /// Namespace of the health endpoint (created if missing; `lxc_health` in
+    /// the node netns, `eth0` with the health IP inside). `None`: no health endpoint.
+    pub health_netns: Option<String>,
     /// Multi-pool: how long an IPAM request waits for the operator to hand
     /// this node a block of a pool without room before `range is full`.
     pub pool_wait: Duration,
@@ -110,6 +117,7 @@ impl AgentOptions {
             store,
             sync_interval: Duration::from_millis(500),
             pool_wait: Duration::from_secs(5),
+            health_netns: Some(format!("{netns}-health")),
         }
     }
 }

@@ -329,8 +329,72 @@ impl NodeState {
         };
         let mut st = st;
         st.apply_ipmasq(None);
+        if let Some(hn) = &opts.health_netns {
+            if let Err(e) = st.setup_health(hn) {
+                warn!(netns = %hn, error = %e, "health endpoint");
+            }
+        }
         st.save()?;
         Ok(st)
+    }
+
+    /// The health endpoint: namespace `name` with `eth0` holding the health
+    /// IP (default route via the router IP), `lxc_health` in the node netns
+    /// with `bpf_lxc`, a `fibril_endpoints` entry flagged HEALTH and the /32
+    /// route. Idempotent (reused after a restart).
+    fn setup_health(&mut self, name: &str) -> Result<(), AgentError> {
+        const HOST_IF: &str = "lxc_health";
+        let err = nl_err(name);
+        let hns = if fibril_netlink::netns_exists(name) {
+            NetNs::open(name).map_err(&err)?
+        } else {
+            NetNs::create(name).map_err(&err)?
+        };
+        let hnl = hns.netlink().map_err(&err)?;
+        let node_err = nl_err(&self.netns);
+        if self.nl.link(HOST_IF).map_err(&node_err)?.is_none() {
+            if hnl.link("eth0").map_err(&err)?.is_some() {
+                hnl.delete_link("eth0").map_err(&err)?;
+            }
+            self.nl
+                .add_veth(HOST_IF, "eth0", Some(&hns), Some(self.pod_mtu))
+                .map_err(&node_err)?;
+            hnl.add_address("eth0", IpNet::V4(Ipv4Net::from(self.health_ip)))
+                .map_err(&err)?;
+            hnl.set_up("eth0").map_err(&err)?;
+            let _ = hnl.set_up("lo");
+            hnl.add_route(
+                &Route::via(Ipv4Net::default(), self.router_ip)
+                    .with_dev("eth0")
+                    .onlink(),
+            )
+            .map_err(&err)?;
+        }
+        self.nl.set_up(HOST_IF).map_err(&node_err)?;
+        let host = self
+            .nl
+            .link(HOST_IF)
+            .map_err(&node_err)?
+            .ok_or_else(|| AgentError::Config(format!("{HOST_IF} vanished")))?;
+        let pod = hnl
+            .link("eth0")
+            .map_err(&err)?
+            .ok_or_else(|| AgentError::Config(format!("eth0 in {name} vanished")))?;
+        self.dp.attach_endpoint(HOST_IF)?;
+        let info = EndpointInfo {
+            ifindex: host.index,
+            sec_identity: fibril_abi::identity::HEALTH,
+            ep_id: u16::MAX,
+            flags: fibril_abi::endpoint_flags::HEALTH,
+            mac: pod.mac.unwrap_or_default(),
+            node_mac: host.mac.unwrap_or_default(),
+        };
+        self.maps.endpoints()?.upsert(self.health_ip, &info)?;
+        self.nl
+            .replace_route(&Route::dev(Ipv4Net::from(self.health_ip), HOST_IF))
+            .map_err(&node_err)?;
+        info!(ip = %self.health_ip, netns = %name, "health endpoint ready");
+        Ok(())
     }
 
     /// Syncs `fibril_ipmasq` with the `kube-system/ip-masq-agent` ConfigMap's

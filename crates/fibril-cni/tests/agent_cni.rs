@@ -346,6 +346,14 @@ fn agent_and_cni_on_the_fabric() {
     assert!(ping(&pa, b_ip), "pod A -> pod B");
     assert!(ping(&pb, a_ip), "pod B -> pod A");
     assert!(ping(&pa, router_ip), "pod A -> router IP");
+    assert!(
+        ping(&pa, Ipv4Addr::new(10, 244, 0, 2)),
+        "pod A -> health endpoint"
+    );
+    assert!(
+        ping(&netns_name(&lab, "k8s-ctr"), Ipv4Addr::new(10, 244, 0, 2)),
+        "node -> health endpoint"
+    );
     // Cross-node (native routing, autoDirectNodeRoutes installed by the sync loop).
     let routed = eventually(Duration::from_secs(10), || {
         node_routes(&lab, "k8s-ctr")
@@ -511,23 +519,28 @@ fn agent_and_cni_on_the_fabric() {
         assert_eq!(st.endpoints, 0);
         let lxc: Vec<_> = node_links(&lab, host)
             .into_iter()
-            .filter(|l| l.starts_with("lxc"))
+            .filter(|l| l.starts_with("lxc") && l != "lxc_health")
             .collect();
         assert!(lxc.is_empty(), "{host}: veths left: {lxc:?}");
         let routes: Vec<_> = node_routes(&lab, host)
             .into_iter()
-            .filter(|r| r.contains("/32"))
+            .filter(|r| r.contains("/32") && !r.contains("lxc_health"))
             .collect();
         assert!(routes.is_empty(), "{host}: routes left: {routes:?}");
-        let eps = Maps::new(&opts.pin_dir)
+        let eps: Vec<_> = Maps::new(&opts.pin_dir)
             .endpoints()
             .unwrap()
             .list()
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| e.flags & fibril_abi::endpoint_flags::HEALTH == 0)
+            .collect();
         assert!(eps.is_empty(), "{host}: map entries left: {eps:?}");
         let links = fibril_datapath::pinned_attachments(&opts.pin_dir).unwrap();
         assert!(
-            links.iter().all(|l| !l.ifname.starts_with("lxc")),
+            links
+                .iter()
+                .all(|l| !l.ifname.starts_with("lxc") || l.ifname == "lxc_health"),
             "{host}: lxc links left: {links:?}"
         );
     }
