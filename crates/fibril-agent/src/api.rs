@@ -156,7 +156,7 @@ pub struct StatusResponse {
     pub free: u32,
     /// `Network: Tunnel [vxlan]` or `Network: Native   Host: BPF`.
     pub routing: String,
-    /// `BPF   [eth1]   10.0.0.0/8 [IPv4: Enabled, IPv6: Disabled]` or `Disabled`.
+    /// `BPF   [eth1]   10.244.0.0/16 [IPv4: Enabled, IPv6: Disabled]` or `Disabled`.
     pub masquerading: String,
     /// `True   [eth1 192.168.10.100 (Direct Routing)]` or `False`.
     pub kube_proxy_replacement: String,

@@ -668,7 +668,7 @@ impl NodeState {
                 .map(|c| format!("   {c}"))
                 .unwrap_or_default();
             format!(
-                "BPF (ip-masq-agent)   [{}]{cidr} [IPv4: Enabled, IPv6: Disabled]",
+                "BPF   [{}]{cidr} [IPv4: Enabled, IPv6: Disabled]",
                 self.underlay_device
             )
         } else {
