@@ -1,7 +1,9 @@
 //! `make bench-datapath` (root): datapath figures, one `<name> <value>
-//! <unit>` line each on stdout (progress on stderr), medians of [`RUNS`]
-//! runs, every ratio from the same invocation, paths interleaved run by run
-//! so drift hits all of them alike.
+//! <unit>` line each on stdout (progress on stderr): absolutes are medians
+//! of [`TRAFFIC_RUNS`] (traffic) or [`RUNS`] (services) runs; a ratio is the
+//! median of its per-run ratios (both sides measured in the same run, paths
+//! interleaved in a rotating order so drift and other load on the shared
+//! machine hit all of them alike).
 //!
 //! Topologies are built here, in namespaces only (unique names with the
 //! pid), and removed on exit, on panic (Drop guards) and on Ctrl-C/SIGTERM
@@ -12,7 +14,8 @@
 //!   balancing on with 10 services, trace aggregation on, as deployed) vs a
 //!   bare veth pair (the limit) vs a Linux bridge with br_netfilter and a
 //!   kube-proxy-iptables-model ruleset (nftables, the node netns only).
-//!   iperf3 one TCP stream (3 s) and sockperf TCP ping-pong (half RTT, p50).
+//!   iperf3 one TCP stream (3 s) and sockperf TCP ping-pong (half RTT, p50;
+//!   client and server pinned to different CPUs).
 //! - Across nodes (pod -> node -> router -> node -> pod): plain kernel
 //!   routing without Fibril vs Fibril native routing, VXLAN, Geneve.
 //! - Services: TCP connect() latency pod -> ClusterIP with 10, 1,000, 10,000
@@ -38,7 +41,10 @@ use fibril_datapath::testing::bed::TestBed;
 use fibril_datapath::testing::fixture::{eventually, unique_name, ChildGuard, TestNetns, TestPod};
 use fibril_datapath::{Datapath, DatapathConfig, DatapathOptions, Device, Tunnel};
 
+/// Runs of the service-scaling and programming figures.
 const RUNS: usize = 3;
+/// Runs of the throughput/latency figures (noisier: the machine is shared).
+const TRAFFIC_RUNS: usize = 5;
 const IPERF_SECS: u32 = 3;
 const SOCKPERF_SECS: u32 = 2;
 const CONNECTS: usize = 2_000;
@@ -48,6 +54,13 @@ const IPERF_PORT: u16 = 5201;
 const SOCKPERF_PORT: u16 = 11111;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 const BACKEND_PORTS: [u16; 3] = [8080, 8081, 8082];
+/// Latency clients and servers (sockperf, connects) run on fixed, different
+/// CPUs: on 2 cores, whether a ping-pong pair shares a core changes its
+/// latency about 2x, which would otherwise land on one path or another at
+/// random. iperf3 is left to the scheduler: pinned apart, one stream drops
+/// from ~25 to ~8 Gbit/s on every path (a pod is not pinned either).
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
 const SVC_LEVELS: [usize; 3] = [10, 1_000, 10_000];
 
 // ---------------------------------------------------------------- helpers
@@ -55,6 +68,13 @@ const SVC_LEVELS: [usize; 3] = [10, 1_000, 10_000];
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Median of the per-run ratios `num[k] / den[k]`: both sides of a ratio
+/// come from the same run, so load that comes and goes on the machine
+/// cancels out (the printed absolutes are medians of their own).
+fn ratio(num: &[f64], den: &[f64]) -> f64 {
+    median(num.iter().zip(den).map(|(n, d)| n / d).collect())
 }
 
 /// `0..n` starting at `run % n`.
@@ -171,6 +191,17 @@ fn install_cleanup_handlers() {
     });
 }
 
+/// Pins the calling thread to `cpu`.
+fn pin_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+    // inside it; sched_setaffinity(0) applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Runs `f` on a new thread inside `ns` (setns only affects that thread).
 fn spawn_in<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
     let file = std::fs::File::open(ns).unwrap_or_else(|e| panic!("open {}: {e}", ns.display()));
@@ -199,7 +230,7 @@ struct Servers {
 fn start_servers(ns: &TestNetns, ip: Ipv4Addr) -> Servers {
     let a = ns.spawn(&format!("iperf3 -s -B {ip} -p {IPERF_PORT}"));
     let b = ns.spawn(&format!(
-        "sockperf sr --tcp -i {ip} -p {SOCKPERF_PORT} >/dev/null 2>&1"
+        "taskset -c {SERVER_CPU} sockperf sr --tcp -i {ip} -p {SOCKPERF_PORT} >/dev/null 2>&1"
     ));
     wait_listening(ns, IPERF_PORT);
     wait_listening(ns, SOCKPERF_PORT);
@@ -234,7 +265,7 @@ fn iperf(client: &TestNetns, dst: Ipv4Addr) -> f64 {
 /// sockperf TCP ping-pong, p50 of half the round trip in us.
 fn sockperf(client: &TestNetns, dst: Ipv4Addr) -> f64 {
     let o = client.sh_output(&format!(
-        "sockperf pp --tcp -i {dst} -p {SOCKPERF_PORT} -t {SOCKPERF_SECS} 2>&1"
+        "taskset -c {CLIENT_CPU} sockperf pp --tcp -i {dst} -p {SOCKPERF_PORT} -t {SOCKPERF_SECS} 2>&1"
     ));
     let s = String::from_utf8_lossy(&o.stdout).into_owned();
     s.lines()
@@ -261,6 +292,7 @@ fn accept_servers(ns: &TestNetns, ip: Ipv4Addr, ports: &[u16]) -> AcceptServers 
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = stop.clone();
         threads.push(spawn_in(&ns.path(), move || {
+            pin_thread(SERVER_CPU);
             let l = TcpListener::bind((ip, port)).expect("bind");
             tx.send(l.as_raw_fd()).unwrap();
             while !stop.load(Ordering::Relaxed) {
@@ -298,6 +330,7 @@ impl Drop for AcceptServers {
 /// Returns the median in us.
 fn connects(client: &TestNetns, dst: Ipv4Addr, port: u16, n: usize) -> f64 {
     spawn_in(&client.path(), move || {
+        pin_thread(CLIENT_CPU);
         let addr = SocketAddr::from((dst, port));
         let mut lat = Vec::with_capacity(n);
         for _ in 0..n {
@@ -618,7 +651,7 @@ fn same_node_and_services() {
     }
     let mut tput = [Vec::new(), Vec::new(), Vec::new()];
     let mut lat = [Vec::new(), Vec::new(), Vec::new()];
-    for run in 0..RUNS {
+    for run in 0..TRAFFIC_RUNS {
         // Rotated order: no path is always first after a pause.
         for i in rotated(paths.len(), run) {
             let (_, c, dst) = paths[i];
@@ -636,7 +669,7 @@ fn same_node_and_services() {
             })
             .collect();
         progress(&format!(
-            "same node: run {}/{RUNS}: {}",
+            "same node: run {}/{TRAFFIC_RUNS}: {}",
             run + 1,
             line.join(", ")
         ));
@@ -647,10 +680,18 @@ fn same_node_and_services() {
         figure(&format!("tput_same_node_{name}_gbps"), t[i], "Gbit/s");
         figure(&format!("lat_same_node_{name}_us"), l[i], "us");
     }
-    figure("tput_same_node_vs_veth", t[2] / t[0], "ratio");
-    figure("tput_same_node_vs_bridge_iptables", t[2] / t[1], "ratio");
-    figure("lat_same_node_vs_veth", l[2] / l[0], "ratio");
-    figure("lat_same_node_vs_bridge_iptables", l[2] / l[1], "ratio");
+    figure("tput_same_node_vs_veth", ratio(&tput[2], &tput[0]), "ratio");
+    figure(
+        "tput_same_node_vs_bridge_iptables",
+        ratio(&tput[2], &tput[1]),
+        "ratio",
+    );
+    figure("lat_same_node_vs_veth", ratio(&lat[2], &lat[0]), "ratio");
+    figure(
+        "lat_same_node_vs_bridge_iptables",
+        ratio(&lat[2], &lat[1]),
+        "ratio",
+    );
     drop((_s1, _s2, _s3));
     drop(veth);
 
@@ -692,6 +733,8 @@ fn same_node_and_services() {
             ));
         }
     }
+    let bpf_ratio = ratio(&bpf[2], &bpf[0]);
+    let nft_ratio = ratio(&nft[2], &nft[0]);
     let bpf: Vec<f64> = bpf.into_iter().map(median).collect();
     let nft: Vec<f64> = nft.into_iter().map(median).collect();
     for (i, n) in SVC_LEVELS.iter().enumerate() {
@@ -704,11 +747,11 @@ fn same_node_and_services() {
     for (i, n) in SVC_LEVELS.iter().enumerate() {
         figure(&format!("svc_connect_{n}_us"), bpf[i], "us");
     }
-    figure("svc_connect_10k_vs_10", bpf[2] / bpf[0], "ratio");
+    figure("svc_connect_10k_vs_10", bpf_ratio, "ratio");
     for (i, n) in SVC_LEVELS.iter().enumerate() {
         figure(&format!("svc_connect_iptables_{n}_us"), nft[i], "us");
     }
-    figure("svc_connect_iptables_10k_vs_10", nft[2] / nft[0], "ratio");
+    figure("svc_connect_iptables_10k_vs_10", nft_ratio, "ratio");
 }
 
 // ------------------------------------------------------------ cross node
@@ -894,7 +937,7 @@ fn cross_nodes() {
     }
     let mut tput = vec![Vec::new(); modes.len()];
     let mut lat = vec![Vec::new(); modes.len()];
-    for run in 0..RUNS {
+    for run in 0..TRAFFIC_RUNS {
         for i in rotated(topos.len(), run) {
             tput[i].push(iperf(topos[i].client(), POD_B));
         }
@@ -914,13 +957,13 @@ fn cross_nodes() {
             })
             .collect();
         progress(&format!(
-            "across nodes: run {}/{RUNS}: {}",
+            "across nodes: run {}/{TRAFFIC_RUNS}: {}",
             run + 1,
             line.join(", ")
         ));
     }
-    let t: Vec<f64> = tput.into_iter().map(median).collect();
-    let l: Vec<f64> = lat.into_iter().map(median).collect();
+    let t: Vec<f64> = tput.iter().map(|v| median(v.clone())).collect();
+    let l: Vec<f64> = lat.iter().map(|v| median(v.clone())).collect();
     for (i, m) in modes.iter().enumerate() {
         figure(&format!("tput_cross_{}_gbps", m.name()), t[i], "Gbit/s");
         figure(&format!("lat_cross_{}_us", m.name()), l[i], "us");
@@ -928,10 +971,14 @@ fn cross_nodes() {
     for (i, m) in modes.iter().enumerate().skip(1) {
         figure(
             &format!("tput_{}_vs_routed", m.name()),
-            t[i] / t[0],
+            ratio(&tput[i], &tput[0]),
             "ratio",
         );
-        figure(&format!("lat_{}_vs_routed", m.name()), l[i] / l[0], "ratio");
+        figure(
+            &format!("lat_{}_vs_routed", m.name()),
+            ratio(&lat[i], &lat[0]),
+            "ratio",
+        );
     }
     drop(_servers);
     drop(topos);
