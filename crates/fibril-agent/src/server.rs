@@ -9,7 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use fibril_api::{FibrilIdentity, ObjectMeta, Pod};
+use fibril_api::fibril::{
+    AddressPair, EndpointIdentity, EndpointNetworking, EndpointStatus, ExternalIdentifiers,
+};
+use fibril_api::{FibrilEndpoint, FibrilIdentity, ObjectMeta, Pod};
 use fibril_store::StoreExt;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -163,8 +166,54 @@ async fn put_endpoint(
     Path(id): Path<String>,
     Json(req): Json<EndpointRequest>,
 ) -> Result<Response, Failure> {
-    let identity = identity_for(&ctx, &req).await;
-    let r = with_state(&ctx, move |st| st.put_endpoint(&id, req, identity)).await?;
+    let (identity, labels) = identity_for(&ctx, &req).await;
+    let (ns, name) = (req.pod_namespace.clone(), req.pod_name.clone());
+    let cid = id.clone();
+    let (r, ip, node_ip) = with_state(&ctx, move |st| {
+        let r = st.put_endpoint(&id, req, identity)?;
+        let ip = st.endpoints.get(&id).map(|e| e.ip);
+        Ok((r, ip, st.node_ip))
+    })
+    .await?;
+    if !name.is_empty() {
+        let ns = if ns.is_empty() {
+            "default".to_string()
+        } else {
+            ns
+        };
+        let ep = FibrilEndpoint {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            status: Some(EndpointStatus {
+                id: Some(i64::from(r.id)),
+                identity: Some(EndpointIdentity {
+                    id: i64::from(identity),
+                    labels,
+                }),
+                networking: Some(EndpointNetworking {
+                    addressing: vec![AddressPair {
+                        ipv4: ip,
+                        ipv6: None,
+                    }],
+                    node: Some(node_ip.to_string()),
+                }),
+                state: Some("ready".into()),
+                external_identifiers: Some(ExternalIdentifiers {
+                    container_id: Some(cid),
+                    k8s_namespace: Some(ns.clone()),
+                    k8s_pod_name: Some(name.clone()),
+                    pod_name: Some(format!("{ns}/{name}")),
+                }),
+                named_ports: Vec::new(),
+            }),
+        };
+        if let Err(e) = ctx.opts.store.put_as(&ep).await {
+            warn!(pod = %format!("{ns}/{name}"), error = %e, "writing FibrilEndpoint");
+        }
+    }
     Ok(Json(r).into_response())
 }
 
@@ -172,7 +221,41 @@ async fn delete_endpoint(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
-    let r = with_state(&ctx, move |st| st.delete_endpoint(&id)).await?;
+    let cid = id.clone();
+    let (r, pod) = with_state(&ctx, move |st| {
+        let pod = st
+            .endpoints
+            .get(&id)
+            .map(|e| (e.spec.pod_namespace.clone(), e.spec.pod_name.clone()));
+        Ok((st.delete_endpoint(&id)?, pod))
+    })
+    .await?;
+    if let Some((ns, name)) = pod.filter(|(_, n)| !n.is_empty()) {
+        let ns = if ns.is_empty() {
+            "default".to_string()
+        } else {
+            ns
+        };
+        // Only our own object: a re-created pod elsewhere may already own the name.
+        let store = &ctx.opts.store;
+        if let Ok(Some(ep)) = store.get_as::<FibrilEndpoint>(Some(&ns), &name).await {
+            let ours = ep
+                .status
+                .as_ref()
+                .and_then(|s| s.external_identifiers.as_ref())
+                .and_then(|x| x.container_id.as_deref())
+                == Some(cid.as_str());
+            if ours {
+                let rv = fibril_store::resource_version_of(&ep);
+                if let Err(e) = store
+                    .delete_as::<FibrilEndpoint>(Some(&ns), &name, rv)
+                    .await
+                {
+                    warn!(pod = %format!("{ns}/{name}"), error = %e, "deleting FibrilEndpoint");
+                }
+            }
+        }
+    }
     Ok(Json(r).into_response())
 }
 
@@ -201,7 +284,7 @@ async fn pool_for(ctx: &Ctx, owner: &str) -> String {
 /// The pod's security identity: the operator's FibrilIdentity for the pod's
 /// security labels (the Pod from the store when it exists, else the labels
 /// of the request), or the operator's first candidate id when none exists yet.
-async fn identity_for(ctx: &Ctx, req: &EndpointRequest) -> u32 {
+async fn identity_for(ctx: &Ctx, req: &EndpointRequest) -> (u32, Vec<String>) {
     let store = &ctx.opts.store;
     let ns = if req.pod_namespace.is_empty() {
         "default"
@@ -226,14 +309,16 @@ async fn identity_for(ctx: &Ctx, req: &EndpointRequest) -> u32 {
         .ok()
         .flatten();
     let Some(labels) = fibril_operator::security_labels(&pod, namespace.as_ref()) else {
-        return fibril_abi::identity::HOST;
+        return (fibril_abi::identity::HOST, vec!["reserved:host".into()]);
     };
-    match store.list_as::<FibrilIdentity>(None).await {
+    let printed = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let id = match store.list_as::<FibrilIdentity>(None).await {
         Ok(list) => fibril_operator::find_identity(list.items.iter(), &labels)
             .unwrap_or_else(|| fibril_operator::candidate_id(&labels)),
         Err(e) => {
             warn!(error = %e, "listing identities; using the fallback id");
             fibril_operator::candidate_id(&labels)
         }
-    }
+    };
+    (id, printed)
 }

@@ -343,6 +343,13 @@ fn agent_and_cni_on_the_fabric() {
     });
     assert_eq!(used, Some(4), "FibrilNode status.ipam.used");
 
+    let ep: fibril_api::FibrilEndpoint = rt
+        .block_on(store.get_as(Some("default"), "pod-a"))
+        .unwrap()
+        .expect("FibrilEndpoint default/pod-a");
+    assert_eq!(ep.ipv4(), Some(a_ip));
+    assert!(ep.identity_id().unwrap() >= 1000, "{ep:?}");
+
     assert!(ping(&pa, b_ip), "pod A -> pod B");
     assert!(ping(&pb, a_ip), "pod B -> pod A");
     assert!(ping(&pa, router_ip), "pod A -> router IP");
@@ -512,6 +519,11 @@ fn agent_and_cni_on_the_fabric() {
         let r = cni("DEL", sock, cid, "", "");
         assert_eq!(r.code, 0, "DEL {cid}: {}", r.out);
     }
+    let eps = rt
+        .block_on(store.list_as::<fibril_api::FibrilEndpoint>(None))
+        .unwrap()
+        .items;
+    assert!(eps.is_empty(), "FibrilEndpoints left: {eps:?}");
     for (agent, host, opts) in [(&ctr, "k8s-ctr", &ctr_opts), (&w1, "k8s-w1", &w1_opts)] {
         let st = agent.client().status().unwrap();
         assert_eq!(st.allocations.len(), 2, "{host}: {:?}", st.allocations);
