@@ -25,6 +25,10 @@
 //! The datapath state (pinned maps and links) survives the agent: pods keep
 //! forwarding while it is down.
 //!
+//! Per pod the agent writes a FibrilEndpoint (`<ns>/<pod>`: endpoint id,
+//! identity and its labels, address, node IP, container id), removed again
+//! on DELETE, and keeps the FibrilNode's `status.ipam.used` current.
+//!
 //! Identities: the agent looks up a FibrilIdentity with the pod's security
 //! labels in the store (allocated by the operator); when none exists yet it
 //! uses a deterministic fallback id (FNV-1a of the sorted labels folded into
