@@ -224,6 +224,10 @@ fn pods_reach_the_router_masqueraded_and_ipmasq_exceptions() {
     // programs are replaced (new load, pinned links replaced atomically):
     // the NAT table lives in pinned maps.
     let echo_srv = router.spawn("nc -l -p 7000");
+    assert!(
+        router.wait_tcp_listen(7000, Duration::from_secs(10)),
+        "nc server on the router"
+    );
     let cli = ctr.pod(a).ns.spawn(&format!(
         "sh -c 'echo before; sleep 2; echo after; sleep 1' | nc -q 1 -p 41000 {REMOTE} 7000"
     ));

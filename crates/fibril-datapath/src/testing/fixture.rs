@@ -116,6 +116,16 @@ impl TestNetns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits until something listens on TCP `port` inside (a server spawned
+    /// with [`Self::spawn`] races its first client otherwise); false on timeout.
+    pub fn wait_tcp_listen(&self, port: u16, timeout: Duration) -> bool {
+        eventually(timeout, || {
+            let o = self.sh_output(&format!("ss -ltnH 'sport = :{port}'"));
+            (!String::from_utf8_lossy(&o.stdout).trim().is_empty()).then_some(())
+        })
+        .is_some()
+    }
+
     /// Spawns a background command inside (stdout/stderr piped), in its own
     /// process group so [`ChildGuard`] can kill the whole pipeline on drop.
     pub fn spawn(&self, script: &str) -> ChildGuard {
