@@ -32,6 +32,8 @@ enum Command {
     /// Configuration (Helm value names; `config view` prints the flat form).
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Run the agent of one node: datapath, node IPAM, endpoint API for the CNI plugin.
+    Agent(cmd::agent::AgentArgs),
     /// Run the operator: node CIDRs, IP pools, identities (one per cluster).
     Operator(cmd::operator::OperatorArgs),
     /// Run the cluster DNS server from a Corefile.
@@ -48,6 +50,13 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // Invoked through a `fibril-cni` link, this binary is the CNI plugin: the
+    // runtime passes everything in CNI_* variables and stdin, not argv.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("fibril-cni")) {
+        let code = fibril_cni::main_from_process();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
@@ -57,6 +66,7 @@ fn main() -> ExitCode {
         }
         Command::Lab(c) => cmd::lab::run(c),
         Command::Config(c) => cmd::config::run(c),
+        Command::Agent(a) => cmd::agent::run(a),
         Command::Operator(a) => cmd::operator::run(a),
         Command::Dns(a) => cmd::dns::run(a),
     };

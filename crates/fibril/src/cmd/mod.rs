@@ -1,6 +1,7 @@
 //! One module per top-level subcommand; each exposes a clap `Subcommand`/`Args`
 //! type and a `run` function returning the process exit code.
 
+pub mod agent;
 pub mod config;
 pub mod dns;
 pub mod lab;
