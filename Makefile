@@ -6,7 +6,7 @@ CARGO ?= cargo
 RELEASE_BIN := target/release/fibril
 TOPOLOGY ?= seed-3w
 
-.PHONY: all setup build build-release lab lab-down test lint fmt unit bench bench-ipam bench-lab bench-datapath fuzz clean
+.PHONY: all setup build build-release lab lab-down test lint fmt bench bench-datapath fuzz clean
 
 all: build
 
