@@ -10,4 +10,4 @@ for pkg in fibril-ipam fibril-lab; do
 done
 echo
 echo "Figures:"
-grep -E '^[a-z0-9_]+ [0-9.]+ [A-Za-z/%]+$' "$out" || echo "(no figures printed)"
+grep -E '^[a-z0-9]+_[a-z0-9_]+ [0-9.]+ [A-Za-z/%]+$' "$out" || echo "(no figures printed)"
