@@ -12,12 +12,17 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
 
-for dir in crates/*/fuzz; do
+# FUZZ_CRATES="crates/fibril-ipam/fuzz ..." limits the run to some crates.
+for dir in ${FUZZ_CRATES:-crates/*/fuzz}; do
   [ -f "$dir/Cargo.toml" ] || continue
   crate=$(dirname "$dir")
   for target in $(cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
     echo "==> fuzz $crate $target for ${SECONDS_PER_TARGET}s"
+    # New inputs go to a scratch corpus (the first directory), so the checked-in
+    # corpus only changes when someone copies a finding in on purpose.
+    scratch=$(mktemp -d)
     (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" \
-      "fuzz/corpus/$target" -- -max_total_time="$SECONDS_PER_TARGET")
+      "$scratch" "fuzz/corpus/$target" -- -max_total_time="$SECONDS_PER_TARGET")
+    rm -rf "$scratch"
   done
 done
