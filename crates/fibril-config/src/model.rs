@@ -192,21 +192,7 @@ impl Default for BgpConfig {
     }
 }
 
-/// The ip-masq-agent default non-masquerade list (used when
-/// `ipMasqAgent.config.nonMasqueradeCIDRs` is unset).
-pub const DEFAULT_NON_MASQUERADE_CIDRS: [&str; 11] = [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "192.0.0.0/24",
-    "192.0.2.0/24",
-    "192.88.99.0/24",
-    "198.18.0.0/15",
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-    "240.0.0.0/4",
-];
+pub use fibril_ipam::config::DEFAULT_NON_MASQUERADE_CIDRS;
 
 /// The one Fibril config object. Field names follow the Helm values; defaults are
 /// Cilium's (cluster-pool 10.0.0.0/8 with /24 per node, tunnel routing with VXLAN,

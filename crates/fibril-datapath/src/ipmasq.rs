@@ -16,21 +16,7 @@ use serde::Deserialize;
 
 use crate::maps::{Ipmasq, Prefix4};
 
-/// Non-masquerade prefixes used when ip-masq-agent is enabled without
-/// `nonMasqueradeCIDRs` (the upstream ip-masq-agent / Cilium defaults).
-pub const DEFAULT_NON_MASQUERADE_CIDRS: [&str; 11] = [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "192.0.0.0/24",
-    "192.0.2.0/24",
-    "192.88.99.0/24",
-    "198.18.0.0/15",
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-    "240.0.0.0/4",
-];
+pub use fibril_ipam::config::DEFAULT_NON_MASQUERADE_CIDRS;
 
 /// Link-local prefix, not masqueraded unless `masqLinkLocal`.
 pub const LINK_LOCAL: Prefix4 = Prefix4 {

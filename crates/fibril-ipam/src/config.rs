@@ -329,6 +329,23 @@ pub fn fuzz_config(data: &[u8]) -> FuzzOutcome {
     out
 }
 
+/// The ip-masq-agent default non-masquerade list: used when ip-masq-agent is
+/// enabled without `nonMasqueradeCIDRs` (the upstream ip-masq-agent and Cilium
+/// defaults). The one definition; fibril-config and fibril-datapath re-export it.
+pub const DEFAULT_NON_MASQUERADE_CIDRS: [&str; 11] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "240.0.0.0/4",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
