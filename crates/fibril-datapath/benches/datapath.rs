@@ -1007,7 +1007,7 @@ fn big_spec(i: u32) -> ServiceSpec {
 fn programming() {
     progress("map programming: 10,000 services / 100,000 backends");
     let specs: Vec<ServiceSpec> = (0..10_000).map(big_spec).collect();
-    let (mut bulk, mut update) = (Vec::new(), Vec::new());
+    let (mut bulk, mut resync, mut update) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let bed = TestBed::new(
             DatapathConfig {
@@ -1020,6 +1020,10 @@ fn programming() {
         let t = Instant::now();
         lb.upsert_many(&specs).unwrap();
         bulk.push(t.elapsed().as_secs_f64() * 1e3);
+        // The agent's periodic resync when nothing changed must write nothing.
+        let t = Instant::now();
+        lb.upsert_many(&specs).unwrap();
+        resync.push(t.elapsed().as_secs_f64() * 1e3);
         // One incremental update = one service's backend changing (the
         // agent's reaction to one EndpointSlice event).
         let mut ups = Vec::new();
@@ -1033,6 +1037,7 @@ fn programming() {
         update.push(median(ups));
     }
     figure("svc_program_10k_100k_ms", median(bulk), "ms");
+    figure("svc_resync_10k_unchanged_ms", median(resync), "ms");
     figure("svc_update_us", median(update), "us");
 }
 
