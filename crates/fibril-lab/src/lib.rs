@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod fabric;
+pub mod paths;
 pub mod state;
 pub mod topology;
 
