@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
+pub use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Service};
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -34,4 +34,5 @@ core_resource!(
     EndpointSlice => true,
     ConfigMap => true,
     NetworkPolicy => true,
+    Event => true,
 );

@@ -26,6 +26,7 @@ pub enum Kind {
     EndpointSlice,
     ConfigMap,
     NetworkPolicy,
+    Event,
     FibrilNode,
     FibrilPodIPPool,
     FibrilLocalRedirectPolicy,
@@ -89,7 +90,7 @@ const fn fibril(
 
 impl Kind {
     /// Every modeled kind, core kinds first.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -99,6 +100,7 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::ConfigMap,
         Kind::NetworkPolicy,
+        Kind::Event,
         Kind::FibrilNode,
         Kind::FibrilPodIPPool,
         Kind::FibrilLocalRedirectPolicy,
@@ -130,6 +132,7 @@ impl Kind {
                 "networkpolicies",
                 &["netpol"],
             ),
+            Kind::Event => core("Event", "v1", true, "events", &["ev"]),
             Kind::FibrilNode => fibril(
                 "FibrilNode",
                 false,

@@ -25,7 +25,8 @@ pub use k8s_openapi;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 pub use crate::core::{
-    ConfigMap, DaemonSet, Deployment, EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service,
+    ConfigMap, DaemonSet, Deployment, EndpointSlice, Event, Namespace, NetworkPolicy, Node, Pod,
+    Service,
 };
 pub use crate::fibril::{
     FibrilEndpoint, FibrilIdentity, FibrilLocalRedirectPolicy, FibrilNetworkPolicy, FibrilNode,

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::core::{
-    ConfigMap, DaemonSet, Deployment, EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service,
+    ConfigMap, DaemonSet, Deployment, EndpointSlice, Event, Namespace, NetworkPolicy, Node, Pod,
+    Service,
 };
 use crate::fibril::{
     FibrilEndpoint, FibrilIdentity, FibrilLocalRedirectPolicy, FibrilNetworkPolicy, FibrilNode,
@@ -211,6 +212,7 @@ any_object!(
     EndpointSlice,
     ConfigMap,
     NetworkPolicy,
+    Event,
     FibrilNode,
     FibrilPodIPPool,
     FibrilLocalRedirectPolicy,
