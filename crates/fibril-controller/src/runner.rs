@@ -1,0 +1,218 @@
+//! The run loop: relist, [`crate::reconcile`], apply. Kept thin on purpose;
+//! every decision is in the pure modules.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use fibril_api::Resource;
+use fibril_store::{SharedStore, StoreError, StoreExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tracing::{debug, info, warn};
+
+use crate::{reconcile, Object, ServiceRanges, Snapshot, Write};
+
+/// Failures that stop [`run`]; none today (everything is retried), kept so
+/// the signature can grow without breaking callers.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("controller: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Tuning knobs; [`Default`] suits the lab.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// Time between passes.
+    pub interval: Duration,
+    /// Read `k8sServiceCIDR` / `loadBalancerIPPool` from the stored config
+    /// (kube-system/fibril-config) when it exists.
+    pub use_stored_config: bool,
+    /// Ranges used when there is no stored config.
+    pub ranges: ServiceRanges,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(300),
+            use_stored_config: true,
+            ranges: ServiceRanges::default(),
+        }
+    }
+}
+
+/// Runs the controller with [`ControllerOptions::default`] until `shutdown`.
+pub async fn run(
+    store: SharedStore,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ControllerError> {
+    run_with(store, ControllerOptions::default(), shutdown).await
+}
+
+async fn snapshot(store: &SharedStore) -> Result<Snapshot, StoreError> {
+    // Owners before pods: a pod is only ever created for an owner already
+    // seen, so no pod looks orphaned because its owner was listed later.
+    let namespaces = store.list_as(None).await?.items;
+    let nodes = store.list_as(None).await?.items;
+    let deployments = store.list_as(None).await?.items;
+    let daemonsets = store.list_as(None).await?.items;
+    let services = store.list_as(None).await?.items;
+    let pods = store.list_as(None).await?.items;
+    let endpoint_slices = store.list_as(None).await?.items;
+    Ok(Snapshot {
+        namespaces,
+        nodes,
+        deployments,
+        daemonsets,
+        pods,
+        services,
+        endpoint_slices,
+    })
+}
+
+async fn ranges(store: &SharedStore, opts: &ControllerOptions) -> ServiceRanges {
+    if !opts.use_stored_config {
+        return opts.ranges.clone();
+    }
+    match fibril_config::store::load(store.as_ref()).await {
+        Ok(Some((c, _))) => ServiceRanges {
+            service_cidr: c.k8s_service_cidr,
+            lb_pool: c.load_balancer_ip_pool,
+        },
+        Ok(None) => opts.ranges.clone(),
+        Err(e) => {
+            warn!(error = %e, "cannot read the stored config; using the defaults");
+            opts.ranges.clone()
+        }
+    }
+}
+
+async fn apply(store: &SharedStore, w: &Write) -> Result<(), StoreError> {
+    match w {
+        Write::Create(o) => match o {
+            Object::Namespace(x) => store.create_as(x).await.map(drop),
+            Object::Pod(x) => store.create_as(x).await.map(drop),
+            Object::Deployment(x) => store.create_as(x).await.map(drop),
+            Object::DaemonSet(x) => store.create_as(x).await.map(drop),
+            Object::Service(x) => store.create_as(x).await.map(drop),
+            Object::EndpointSlice(x) => store.create_as(x).await.map(drop),
+            Object::Event(k, v) => store.create(k, v.clone()).await.map(drop),
+        },
+        Write::Update(o) => match o {
+            Object::Namespace(x) => store.update_as(x).await.map(drop),
+            Object::Pod(x) => store.update_as(x).await.map(drop),
+            Object::Deployment(x) => store.update_as(x).await.map(drop),
+            Object::DaemonSet(x) => store.update_as(x).await.map(drop),
+            Object::Service(x) => store.update_as(x).await.map(drop),
+            Object::EndpointSlice(x) => store.update_as(x).await.map(drop),
+            Object::Event(k, v) => store.put(k, v.clone()).await.map(drop),
+        },
+        Write::Delete { key, revision } => store.delete(key, *revision).await.map(drop),
+    }
+}
+
+fn describe(w: &Write) -> String {
+    match w {
+        Write::Create(o) => format!("create {}", o.key()),
+        Write::Update(Object::Pod(p)) if p.metadata.deletion_timestamp.is_some() => {
+            format!("delete (deletionTimestamp) {}", p.key())
+        }
+        Write::Update(o) => format!("update {}", o.key()),
+        Write::Delete { key, .. } => format!("delete {key}"),
+    }
+}
+
+/// The current time (jiff's `Timestamp::now` needs its `std` feature,
+/// which k8s-openapi does not enable).
+fn now() -> Time {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = i64::try_from(d.as_secs()).unwrap_or_default();
+    Time(k8s_openapi::jiff::Timestamp::new(secs, 0).unwrap_or_default())
+}
+
+/// One pass: read, plan, write. Returns how many writes failed.
+pub(crate) async fn pass(
+    store: &SharedStore,
+    opts: &ControllerOptions,
+    rng: &mut fastrand::Rng,
+    warned: &mut HashSet<String>,
+) -> Result<usize, StoreError> {
+    let snap = snapshot(store).await?;
+    let ranges = ranges(store, opts).await;
+    let now = now();
+    let plan = reconcile(&snap, &ranges, &now, rng);
+    // Warnings repeat every pass while the cause stays: log each once.
+    warned.retain(|w| plan.warnings.contains(w));
+    for w in &plan.warnings {
+        if warned.insert(w.clone()) {
+            warn!("{w}");
+        }
+    }
+    let mut failed = 0;
+    for w in &plan.writes {
+        let what = describe(w);
+        match apply(store, w).await {
+            Ok(()) => {
+                if matches!(w, Write::Create(Object::Event(..))) {
+                    debug!("{what}");
+                } else {
+                    info!("{what}");
+                }
+            }
+            // Someone wrote first (the kubelet, the CLI): the next pass
+            // re-reads and decides again.
+            Err(
+                e @ (StoreError::Conflict { .. }
+                | StoreError::NotFound { .. }
+                | StoreError::AlreadyExists { .. }),
+            ) => {
+                debug!(error = %e, "{what}: retrying next pass");
+                failed += 1;
+            }
+            Err(e) => {
+                warn!(error = %e, "{what} failed; retrying next pass");
+                failed += 1;
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// Runs passes every [`ControllerOptions::interval`] until `shutdown`.
+/// Store failures are logged and retried; they never end the loop.
+pub async fn run_with(
+    store: SharedStore,
+    opts: ControllerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ControllerError> {
+    tokio::pin!(shutdown);
+    let mut rng = fastrand::Rng::new();
+    let mut warned = HashSet::new();
+    let mut store_down = false;
+    info!(interval = ?opts.interval, "controller started");
+    loop {
+        match pass(&store, &opts, &mut rng, &mut warned).await {
+            Ok(_) => {
+                if store_down {
+                    info!("store reachable again");
+                    store_down = false;
+                }
+            }
+            Err(e) => {
+                if !store_down {
+                    warn!(error = %e, "cannot read the store; retrying");
+                }
+                store_down = true;
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(opts.interval) => {}
+        }
+    }
+    info!("controller stopped");
+    Ok(())
+}

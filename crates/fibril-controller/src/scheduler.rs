@@ -1,0 +1,238 @@
+//! The lab's kube-scheduler: picks a node for each pod without
+//! `spec.nodeName`.
+//!
+//! Filters: the node's `Ready` condition is `True`; `spec.nodeSelector`;
+//! required pod anti-affinity (both the incoming pod's terms and those of
+//! pods already on a node, as Kubernetes' InterPodAffinity does) by the
+//! term's `topologyKey` (`kubernetes.io/hostname` falls back to the node
+//! name). Taints are ignored (the seeds schedule onto the control plane).
+//! Score: fewest active pods, ties by node name. Placements made earlier in
+//! the same pass count, so a Deployment's new pods spread.
+
+use std::collections::BTreeMap;
+
+use fibril_api::{Node, Pod};
+use k8s_openapi::api::core::v1::PodAffinityTerm;
+
+use crate::select::{
+    map_matches, namespace_of, node_ready, pod_active, pod_finished, pod_node, selector_matches,
+};
+
+/// The well-known per-node topology label.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// Where a pod goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Bind to this node.
+    Bind(String),
+    /// No node fits; the message is the PodScheduled condition's (as
+    /// kube-scheduler words it).
+    Unschedulable(String),
+}
+
+/// What the scheduler knows about a pod placed on a node.
+#[derive(Debug, Clone)]
+struct Placed {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    anti_affinity: Vec<PodAffinityTerm>,
+    active: bool,
+}
+
+impl Placed {
+    fn of(pod: &Pod) -> Self {
+        Self {
+            namespace: namespace_of(&pod.metadata).to_string(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            anti_affinity: anti_affinity_terms(pod),
+            active: pod_active(pod),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NodeInfo {
+    name: String,
+    labels: BTreeMap<String, String>,
+    ready: bool,
+    pods: Vec<Placed>,
+}
+
+impl NodeInfo {
+    fn topology_value(&self, key: &str) -> Option<&str> {
+        match self.labels.get(key) {
+            Some(v) => Some(v),
+            None if key == HOSTNAME_LABEL => Some(&self.name),
+            None => None,
+        }
+    }
+
+    fn load(&self) -> usize {
+        self.pods.iter().filter(|p| p.active).count()
+    }
+}
+
+fn anti_affinity_terms(pod: &Pod) -> Vec<PodAffinityTerm> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .clone()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `term` (of a pod in `term_ns`) selects a pod in `ns` with `labels`.
+fn term_selects(
+    term: &PodAffinityTerm,
+    term_ns: &str,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let in_ns = match term.namespaces.as_deref() {
+        Some(list) if !list.is_empty() => list.iter().any(|n| n == ns),
+        _ => term_ns == ns,
+    };
+    // A term without a labelSelector selects no pods (Kubernetes semantics).
+    in_ns
+        && term
+            .label_selector
+            .as_ref()
+            .is_some_and(|s| selector_matches(s, Some(labels)))
+}
+
+/// The cluster as the scheduler sees it; [`Scheduler::place`] records its
+/// decisions so later pods of the same pass see them.
+#[derive(Debug)]
+pub struct Scheduler {
+    nodes: Vec<NodeInfo>,
+}
+
+impl Scheduler {
+    /// Nodes (sorted by name) and every pod already bound to one of them.
+    pub fn new(nodes: &[Node], pods: &[Pod]) -> Self {
+        let mut infos: Vec<NodeInfo> = nodes
+            .iter()
+            .map(|n| NodeInfo {
+                name: n.metadata.name.clone().unwrap_or_default(),
+                labels: n.metadata.labels.clone().unwrap_or_default(),
+                ready: node_ready(n),
+                pods: Vec::new(),
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut s = Self { nodes: infos };
+        for p in pods.iter().filter(|p| !pod_finished(p)) {
+            if let Some(n) = pod_node(p) {
+                s.record(n, p);
+            }
+        }
+        s
+    }
+
+    /// Counts `pod` on `node` (a binding decided elsewhere, e.g. a
+    /// DaemonSet pod created bound).
+    pub fn record(&mut self, node: &str, pod: &Pod) {
+        if let Some(info) = self.nodes.iter_mut().find(|n| n.name == node) {
+            info.pods.push(Placed::of(pod));
+        }
+    }
+
+    /// Whether node `info` violates required anti-affinity for `pod`.
+    fn anti_affinity_conflict(&self, info: &NodeInfo, pod: &Pod) -> bool {
+        let ns = namespace_of(&pod.metadata);
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let own = anti_affinity_terms(pod);
+        for term in &own {
+            let Some(domain) = info.topology_value(&term.topology_key) else {
+                continue;
+            };
+            let same_domain = self
+                .nodes
+                .iter()
+                .filter(|n| n.topology_value(&term.topology_key) == Some(domain));
+            for n in same_domain {
+                if n.pods
+                    .iter()
+                    .any(|p| term_selects(term, ns, &p.namespace, &p.labels))
+                {
+                    return true;
+                }
+            }
+        }
+        // Symmetry: pods already in the domain that refuse this pod.
+        for n in &self.nodes {
+            for p in &n.pods {
+                for term in &p.anti_affinity {
+                    let Some(domain) = info.topology_value(&term.topology_key) else {
+                        continue;
+                    };
+                    if n.topology_value(&term.topology_key) == Some(domain)
+                        && term_selects(term, &p.namespace, ns, &labels)
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Picks a node for `pod` and records the placement.
+    pub fn place(&mut self, pod: &Pod) -> Decision {
+        let selector = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default();
+        let mut not_ready = 0;
+        let mut selector_miss = 0;
+        let mut anti = 0;
+        let mut best: Option<(usize, usize)> = None; // (load, index)
+        for (i, info) in self.nodes.iter().enumerate() {
+            if !info.ready {
+                not_ready += 1;
+            } else if !map_matches(&selector, Some(&info.labels)) {
+                selector_miss += 1;
+            } else if self.anti_affinity_conflict(info, pod) {
+                anti += 1;
+            } else {
+                let load = info.load();
+                if best.is_none_or(|(l, _)| load < l) {
+                    best = Some((load, i));
+                }
+            }
+        }
+        if let Some((_, i)) = best {
+            let name = self.nodes[i].name.clone();
+            self.nodes[i].pods.push(Placed::of(pod));
+            return Decision::Bind(name);
+        }
+        if self.nodes.is_empty() {
+            return Decision::Unschedulable("no nodes available to schedule pods".to_string());
+        }
+        let mut reasons = Vec::new();
+        if selector_miss > 0 {
+            reasons.push(format!(
+                "{selector_miss} node(s) didn't match Pod's node affinity/selector"
+            ));
+        }
+        if anti > 0 {
+            reasons.push(format!(
+                "{anti} node(s) didn't match pod anti-affinity rules"
+            ));
+        }
+        if not_ready > 0 {
+            reasons.push(format!("{not_ready} node(s) were not ready"));
+        }
+        reasons.sort();
+        Decision::Unschedulable(format!(
+            "0/{} nodes are available: {}.",
+            self.nodes.len(),
+            reasons.join(", ")
+        ))
+    }
+}
