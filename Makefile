@@ -19,9 +19,20 @@ build: setup
 build-release: setup
 	$(CARGO) build --release -p fibril
 
-## make lab: install, build, bring up the seed lab and print how to explore it.
+## make lab: install, build, bring up the seed lab (fabric and cluster), apply
+## the seed workloads (webpod Deployment + Service, curl-pod) and print what to try.
+## Extra settings: make lab LAB_SETS="--set ipam.mode=kubernetes --set routingMode=native"
+LAB_SETS ?=
 lab: build-release
-	$(RELEASE_BIN) lab up --topology $(TOPOLOGY)
+	$(RELEASE_BIN) lab up --topology $(TOPOLOGY) $(LAB_SETS)
+	$(RELEASE_BIN) apply -f lab/manifests/webpod.yaml -f lab/manifests/curl-pod.yaml
+	@ip=$$($(RELEASE_BIN) get svc webpod -o jsonpath='{.spec.clusterIP}' 2>/dev/null); \
+	echo; echo "Try (pods take a few seconds to start):"; \
+	echo "  $(RELEASE_BIN) get pods -o wide"; \
+	echo "  $(RELEASE_BIN) exec curl-pod -- curl -s $${ip:-<webpod ClusterIP>}"; \
+	echo "  $(RELEASE_BIN) dbg status --verbose"; \
+	echo "  $(RELEASE_BIN) lab exec router -- tcpdump -i eth1 -nn"; \
+	echo "  $(RELEASE_BIN) lab down"
 
 lab-down:
 	@if [ -x $(RELEASE_BIN) ]; then $(RELEASE_BIN) lab down; fi

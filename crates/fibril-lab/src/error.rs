@@ -62,6 +62,13 @@ pub enum LabError {
         source: std::io::Error,
     },
 
+    #[error("lab {lab}: cluster: {step}: {detail}")]
+    Cluster {
+        lab: String,
+        step: String,
+        detail: String,
+    },
+
     #[error("lab {lab}: teardown left things behind: {details}")]
     Teardown { lab: String, details: String },
 }

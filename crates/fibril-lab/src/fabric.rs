@@ -490,6 +490,9 @@ fn teardown_locked(lab: &str, remove_lock: bool) -> LabResult<DownReport> {
         ..Default::default()
     };
     let mut failures = Vec::new();
+    // Cluster processes first (agents and kubelets, then the control plane,
+    // etcd last), so nothing recreates what the steps below remove.
+    report.killed_pids.extend(crate::cluster::stop(lab));
     report.killed_pids.extend(kill_tracked(&tracked));
     // Hosts before the fabric: kill workloads first, bridges go last.
     let fabric_ns = netns_name(lab, FABRIC_HOST);
@@ -512,6 +515,9 @@ fn teardown_locked(lab: &str, remove_lock: bool) -> LabResult<DownReport> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    if let Err(e) = remove_pins(lab) {
+        failures.push(e);
+    }
     if let Err(e) = remove_lab_dir(lab) {
         failures.push(e.to_string());
     } else {
@@ -533,6 +539,20 @@ fn teardown_locked(lab: &str, remove_lock: bool) -> LabResult<DownReport> {
             details: failures.join("; "),
         })
     }
+}
+
+/// Removes the lab's bpffs pins (`/sys/fs/bpf/fibril/<lab>`), and the
+/// shared root when no other lab uses it.
+fn remove_pins(lab: &str) -> Result<(), String> {
+    let dir = crate::paths::lab_pin_root(lab);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("remove {}: {e}", dir.display())),
+    }
+    // Fails (harmlessly) while another lab still has pins there.
+    let _ = std::fs::remove_dir(crate::paths::BPFFS_ROOT);
+    Ok(())
 }
 
 /// Stops tracked processes that are still the same process (start time matches).

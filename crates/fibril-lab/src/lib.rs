@@ -1,10 +1,13 @@
-//! The lab: topology files, the netns fabric builder, and (later) the lab cluster.
+//! The lab: topology files, the netns fabric builder, and the lab cluster.
 //!
 //! - [`topology`]: the YAML schema, built-in topologies, validation.
 //! - [`fabric`]: builds a topology out of network namespaces ([`Fabric::up`]),
 //!   runs commands inside them, tears them down ([`Fabric::down`], [`FabricGuard`]).
 //! - [`state`]: the per-lab state directory under `/run/fibril/labs`.
+//! - [`cluster`]: the lab cluster's processes (etcd, operator, controller,
+//!   agents, kubelets), rollouts, and store access from the root namespace.
 
+pub mod cluster;
 pub mod error;
 pub mod fabric;
 pub mod paths;

@@ -38,6 +38,19 @@ enum Command {
     Operator(cmd::operator::OperatorArgs),
     /// Run the cluster DNS server from a Corefile.
     Dns(cmd::dns::DnsArgs),
+    /// Create or update objects from manifests (multi-document YAML; `-f -` reads stdin).
+    Apply(cmd::kube::ApplyArgs),
+    /// List objects: pods, deployments, services, nodes, ciliumnodes, ciliumendpoints, ...
+    Get(cmd::kube::GetArgs),
+    /// Show one object in detail, with its events.
+    Describe(cmd::kube::DescribeArgs),
+    /// Delete objects by type and name or from manifests.
+    Delete(cmd::kube::DeleteArgs),
+    /// Set a Deployment's replica count.
+    Scale(cmd::kube::ScaleArgs),
+    /// Restart a Deployment's pods or the agents (ds/fibril).
+    #[command(subcommand)]
+    Rollout(cmd::kube::RolloutCommand),
 }
 
 fn init_tracing() {
@@ -69,6 +82,12 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(a),
         Command::Operator(a) => cmd::operator::run(a),
         Command::Dns(a) => cmd::dns::run(a),
+        Command::Apply(a) => cmd::kube::apply(a),
+        Command::Get(a) => cmd::kube::get(a),
+        Command::Describe(a) => cmd::kube::describe(a),
+        Command::Delete(a) => cmd::kube::delete(a),
+        Command::Scale(a) => cmd::kube::scale(a),
+        Command::Rollout(c) => cmd::kube::rollout(c),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,5 @@
-//! `fibril lab ...`: bring the netns lab fabric up and down, show it, and run
-//! commands inside its hosts.
+//! `fibril lab ...`: bring the lab up (fabric and cluster) and down, show it,
+//! upgrade its configuration, and run commands inside its hosts.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,10 +11,14 @@ use fibril_lab::{Fabric, LabStatus, Topology, DEFAULT_LAB};
 /// `fibril lab` subcommands.
 #[derive(Subcommand)]
 pub enum LabCommand {
-    /// Build a lab: one network namespace per node and for the router, and a
-    /// fabric namespace with one bridge per subnet.
+    /// Build a lab: one network namespace per node and for the router, a
+    /// fabric namespace with one bridge per subnet, and the cluster in it
+    /// (etcd, operator, controller, per node an agent and a kubelet).
     #[command(after_help = lab_up_help())]
     Up(UpArgs),
+    /// Store new settings (--set, validated) and restart the operator and
+    /// then the agents one at a time.
+    Upgrade(UpgradeArgs),
     /// Remove a lab: every namespace, interface, mount, process and state file.
     Down(NameArg),
     /// List labs with their hosts, namespaces and addresses.
@@ -48,6 +52,28 @@ pub struct UpArgs {
     pub topology: String,
     #[command(flatten)]
     pub name: NameArg,
+    /// Helm-style settings over the defaults, e.g. --set ipam.mode=kubernetes (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Only the network fabric: no etcd, no cluster processes.
+    #[arg(long)]
+    pub fabric_only: bool,
+    /// Seconds each start-up step may take.
+    #[arg(long, default_value_t = 90)]
+    pub timeout: u64,
+}
+
+/// `fibril lab upgrade` arguments.
+#[derive(Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Helm-style settings, e.g. --set routingMode=tunnel (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+    pub set: Vec<String>,
+    /// Seconds each restart may take.
+    #[arg(long, default_value_t = 90)]
+    pub timeout: u64,
 }
 
 /// `fibril lab status` arguments.
@@ -84,6 +110,7 @@ pub struct ExecArgs {
 pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         LabCommand::Up(a) => up(a),
+        LabCommand::Upgrade(a) => upgrade(a),
         LabCommand::Down(a) => down(a),
         LabCommand::Status(a) => status(a),
         LabCommand::Exec(a) => exec(a),
@@ -114,8 +141,34 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         "lab {lab}: building topology {} ({})",
         topo.name, topo.description
     );
+    // Settings are checked before anything is built.
+    if !a.set.is_empty() {
+        let mut c = fibril_config::Config::default();
+        c.apply_sets(&a.set).context("--set")?;
+        c.validate().context("--set: invalid configuration")?;
+    }
     let fabric = Fabric::up_with_progress(&topo, &lab, &mut |line| println!("  {line}"))
         .with_context(|| format!("lab up --name {lab}"))?;
+    if !a.fabric_only {
+        println!("lab {lab}: starting the cluster");
+        let mut opts = fibril_lab::cluster::ClusterOptions::new(a.set.clone())?;
+        opts.timeout = std::time::Duration::from_secs(a.timeout);
+        let started = std::time::Instant::now();
+        if let Err(e) = fibril_lab::cluster::start(&fabric, &opts, &mut |line| println!("  {line}"))
+        {
+            eprintln!("error: {e}");
+            eprintln!("lab {lab}: removing everything that was started");
+            if let Err(e2) = fibril_lab::down(&lab) {
+                eprintln!("error: teardown: {e2}");
+            }
+            bail!("lab up --name {lab} failed (see above)");
+        }
+        println!(
+            "lab {lab}: cluster is up ({:.1} s); logs in {}",
+            started.elapsed().as_secs_f64(),
+            fibril_lab::state::lab_dir(&lab).join("logs").display()
+        );
+    }
 
     let n = name_flag(&lab);
     // Show the binary as it was invoked (e.g. target/release/fibril from `make lab`).
@@ -148,9 +201,39 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         println!("  {bin} lab exec {}{n} -- ip -br addr", r.name);
     }
     println!("  {bin} lab exec {first}{n} -- ip route");
+    if !a.fabric_only {
+        let l = if n.is_empty() {
+            String::new()
+        } else {
+            format!(" --lab {lab}")
+        };
+        println!("  {bin} get nodes -o wide{l}");
+        println!("  {bin} get ciliumnodes{l}");
+        println!("  {bin} config view{l}");
+        println!("  {bin} apply{l} -f lab/manifests/webpod.yaml");
+        println!("  {bin} get pods -o wide{l}");
+    }
     println!("  {bin} lab exec {first}{n} -- tcpdump -i eth1 -nn");
     println!("  {bin} lab status{n}");
     println!("  {bin} lab down{n}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn upgrade(a: UpgradeArgs) -> anyhow::Result<ExitCode> {
+    require_root("upgrade")?;
+    let lab = a.name.name;
+    let config = fibril_lab::cluster::upgrade(
+        &lab,
+        &a.set,
+        std::time::Duration::from_secs(a.timeout),
+        &mut |line| println!("  {line}"),
+    )
+    .with_context(|| format!("lab upgrade --name {lab}"))?;
+    let flat = config.to_flat_map();
+    for s in &a.set {
+        println!("  set {s}");
+    }
+    println!("lab {lab}: upgraded ({} settings stored)", flat.len());
     Ok(ExitCode::SUCCESS)
 }
 

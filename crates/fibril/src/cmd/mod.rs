@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod dns;
+pub mod kube;
 pub mod lab;
 pub mod operator;
 pub mod store;
