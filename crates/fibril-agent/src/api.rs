@@ -13,6 +13,14 @@
 //! | POST | `/v1/gc` | [`GcRequest`] -> [`GcResponse`] |
 //! | GET | `/v1/healthz` | 200 when ready, 503 otherwise |
 //! | GET | `/v1/status` | -> [`StatusResponse`] |
+//! | GET | `/v1/endpoint` | -> `Vec<`[`EndpointListEntry`]`>` (`endpoint list`) |
+//! | GET | `/v1/services` | -> `Vec<`[`ServiceEntry`]`>` (frontends with their owner) |
+//! | GET | `/v1/ip` | -> `Vec<`[`IpEntry`]`>` (ipcache + local endpoints, `ip list`) |
+//! | GET | `/v1/identities` | -> `Vec<`[`IdentityEntry`]`>` (`identity list`) |
+//! | GET | `/v1/nodes` | -> `Vec<`[`NodeEntry`]`>` (`node list`) |
+//! | GET | `/v1/lrp` | -> `Vec<`[`crate::services::LrpStatus`]`>` (`lrp list`) |
+//! | GET | `/v1/config` | -> the agent's config, flat form (text) |
+//! | GET | `/metrics` | Prometheus text ([`crate::metrics`]) |
 //!
 //! Errors are [`ApiError`] bodies; `kind` is `range-full` when the node's
 //! pod CIDRs are exhausted (its `message` then contains `range is full`).
@@ -168,6 +176,94 @@ pub struct StatusResponse {
     pub node_ip: Option<Ipv4Addr>,
     /// Number of endpoints.
     pub endpoints: usize,
+    /// Service frontends programmed (kube-proxy replacement).
+    #[serde(default)]
+    pub services: usize,
+    /// LoadBalancer IPs announced on L2 by this node.
+    #[serde(default)]
+    pub announced: Vec<Ipv4Addr>,
+    /// Sync/GC counters.
+    #[serde(default)]
+    pub stats: crate::metrics::AgentStats,
+    /// Map fill levels.
+    #[serde(default)]
+    pub maps: Vec<crate::metrics::MapFill>,
+    /// Datapath summary (programs, conntrack, drops), as text.
+    #[serde(default)]
+    pub datapath: String,
+    /// Routing mode (`native` / `tunnel`).
+    #[serde(default)]
+    pub routing_mode: String,
+}
+
+/// One line of `endpoint list`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointListEntry {
+    /// Endpoint id.
+    pub id: u32,
+    /// Security identity.
+    pub identity: u32,
+    /// `k8s:key=value` / `reserved:health` labels.
+    pub labels: Vec<String>,
+    /// IPv4 address.
+    pub ipv4: Option<Ipv4Addr>,
+    /// `ready`.
+    pub status: String,
+    /// `ns/pod` (empty for reserved endpoints).
+    pub pod: String,
+    /// Policy enforcement (ingress, egress): `Disabled` / `Enabled`.
+    #[serde(default)]
+    pub policy: (String, String),
+}
+
+/// A programmed frontend (`/v1/services`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Service ID (rev-NAT index).
+    pub id: u16,
+    /// `10.96.0.10:53/UDP`.
+    pub frontend: String,
+    /// `ClusterIP`, `NodePort`, `LoadBalancer`, `LocalRedirect`.
+    pub service_type: String,
+    /// `ns/name` of the Service (or of the LRP).
+    pub owner: String,
+    /// `addr:port/PROTO` of the backends (`local` marked).
+    pub backends: Vec<String>,
+}
+
+/// One `ip list` row.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IpEntry {
+    /// Prefix (`10.244.0.5/32`).
+    pub prefix: String,
+    /// Numeric identity.
+    pub identity: u32,
+    /// Identity labels (`reserved:host`, `k8s:app=web`, ...).
+    pub labels: Vec<String>,
+    /// `custom-resource`, `local`, `generated`.
+    pub source: String,
+}
+
+/// One `identity list` row.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdentityEntry {
+    /// Identity.
+    pub id: u32,
+    /// Labels.
+    pub labels: Vec<String>,
+}
+
+/// One `node list` row.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// Node name.
+    pub name: String,
+    /// Internal IP.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Pod CIDRs.
+    pub cidrs: Vec<String>,
+    /// `local` for this node, else `custom-resource`.
+    pub source: String,
 }
 
 /// Error body of every failed request.
@@ -372,6 +468,53 @@ impl Client {
     /// `GET /v1/status`.
     pub fn status(&self) -> Result<StatusResponse, ClientError> {
         self.call::<(), _>("GET", "/v1/status", None)
+    }
+
+    /// `GET /v1/endpoint`.
+    pub fn endpoint_list(&self) -> Result<Vec<EndpointListEntry>, ClientError> {
+        self.call::<(), _>("GET", "/v1/endpoint", None)
+    }
+
+    /// `GET /v1/services`.
+    pub fn services(&self) -> Result<Vec<ServiceEntry>, ClientError> {
+        self.call::<(), _>("GET", "/v1/services", None)
+    }
+
+    /// `GET /v1/ip`.
+    pub fn ip_list(&self) -> Result<Vec<IpEntry>, ClientError> {
+        self.call::<(), _>("GET", "/v1/ip", None)
+    }
+
+    /// `GET /v1/identities`.
+    pub fn identities(&self) -> Result<Vec<IdentityEntry>, ClientError> {
+        self.call::<(), _>("GET", "/v1/identities", None)
+    }
+
+    /// `GET /v1/nodes`.
+    pub fn nodes(&self) -> Result<Vec<NodeEntry>, ClientError> {
+        self.call::<(), _>("GET", "/v1/nodes", None)
+    }
+
+    /// `GET /v1/lrp`.
+    pub fn lrps(&self) -> Result<Vec<crate::services::LrpStatus>, ClientError> {
+        self.call::<(), _>("GET", "/v1/lrp", None)
+    }
+
+    /// A text route (`/metrics`, `/v1/config`).
+    pub fn text(&self, uri: &str) -> Result<String, ClientError> {
+        let (status, body) = self.raw("GET", uri, None)?;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(ClientError::Api {
+                status,
+                error: ApiError {
+                    kind: "internal".into(),
+                    message: format!("agent answered {status} to GET {uri}: {body}"),
+                },
+            })
+        }
     }
 
     /// `GET /v1/healthz`: Ok when ready.

@@ -36,8 +36,10 @@
 
 pub mod api;
 pub mod ipam;
+pub mod metrics;
 mod node;
 pub mod server;
+pub mod services;
 pub mod sync;
 
 use std::future::Future;
@@ -247,10 +249,17 @@ async fn serve_node(
 ) -> Result<(), AgentError> {
     publish_node(opts, node_ip, router_ip, health_ip).await?;
     let sync_task = tokio::spawn(sync::run(opts.clone(), shared.clone(), stop_rx.clone()));
+    let gc_task = tokio::spawn(sync::gc_loop(
+        shared.clone(),
+        stop_rx.clone(),
+        sync::GC_INTERVAL,
+    ));
     let served = server::serve(opts.clone(), shared.clone(), stop_rx).await;
-    // Stopped (or the server failed): the sync loop goes too.
+    // Stopped (or the server failed): the sync and GC loops go too.
     sync_task.abort();
+    gc_task.abort();
     let _ = sync_task.await;
+    let _ = gc_task.await;
     served
 }
 

@@ -143,6 +143,13 @@ pub struct NodeState {
     pub(crate) starved: BTreeMap<String, String>,
     /// The ip-masq-agent ConfigMap text last applied (`None`: the config's values).
     ipmasq_applied: Option<Option<String>>,
+    /// Services programmed (kube-proxy replacement on; `None` otherwise or
+    /// when the LB maps could not be opened).
+    pub(crate) services: Option<crate::services::ServiceSync>,
+    /// Remote pod /32s in the ipcache: IP -> (identity, node IP).
+    pub(crate) remote_pods: BTreeMap<Ipv4Addr, (u32, Ipv4Addr)>,
+    /// Counters for `/metrics` and `status`.
+    pub(crate) stats: crate::metrics::AgentStats,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -326,8 +333,20 @@ impl NodeState {
             routes: BTreeMap::new(),
             starved: BTreeMap::new(),
             ipmasq_applied: None,
+            services: None,
+            remote_pods: BTreeMap::new(),
+            stats: Default::default(),
         };
         let mut st = st;
+        if st.config.kube_proxy_replacement {
+            match crate::services::ServiceSync::open(&st.maps) {
+                Ok(s) => {
+                    info!(services = s.len(), "load-balancing maps opened");
+                    st.services = Some(s);
+                }
+                Err(e) => warn!(error = %e, "load-balancing maps: services not synced"),
+            }
+        }
         st.apply_ipmasq(None);
         if let Some(hn) = &opts.health_netns {
             if let Err(e) = st.setup_health(hn) {
@@ -694,7 +713,132 @@ impl NodeState {
             health_ip: Some(self.health_ip),
             node_ip: Some(self.node_ip),
             endpoints: self.endpoints.len(),
+            services: self.services.as_ref().map_or(0, |s| s.len()),
+            announced: self
+                .services
+                .as_ref()
+                .map(|s| s.announced.iter().copied().collect())
+                .unwrap_or_default(),
+            stats: self.stats,
+            maps: crate::metrics::map_fill(self.maps.dir()),
+            datapath: fibril_datapath::DatapathStatus::read(self.maps.dir())
+                .map(|d| d.to_string())
+                .unwrap_or_else(|e| format!("unavailable: {e}")),
+            routing_mode: self.config.routing_mode.to_string(),
         }
+    }
+
+    /// `GET /v1/services`: the programmed frontends with their owners.
+    pub fn service_entries(&self) -> Vec<api::ServiceEntry> {
+        let Some(svc) = &self.services else {
+            return Vec::new();
+        };
+        let dump = fibril_datapath::LbDump::read(&self.maps).ok();
+        svc.applied()
+            .iter()
+            .map(|(fe, w)| api::ServiceEntry {
+                id: dump
+                    .as_ref()
+                    .and_then(|d| d.services.iter().find(|s| s.frontend == *fe))
+                    .map_or(0, |s| s.rev_nat),
+                frontend: fe.to_string(),
+                service_type: w.spec.svc_type.to_string(),
+                owner: w.owner.clone(),
+                backends: w
+                    .spec
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let mut t = format!("{}:{}/{}", b.addr, b.port, fe.proto);
+                        if b.local {
+                            t.push_str(" (local)");
+                        }
+                        if b.terminating {
+                            t.push_str(" (terminating)");
+                        }
+                        t
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// LRPs of the last sync.
+    pub fn lrp_list(&self) -> Vec<crate::services::LrpStatus> {
+        self.services
+            .as_ref()
+            .map(|s| s.lrps.clone())
+            .unwrap_or_default()
+    }
+
+    /// Local endpoints for `endpoint list` (identity labels filled by the server).
+    pub fn endpoint_entries(&self) -> Vec<api::EndpointListEntry> {
+        let mut v: Vec<api::EndpointListEntry> = self
+            .endpoints
+            .values()
+            .map(|e| {
+                let ns = if e.spec.pod_namespace.is_empty() {
+                    "default"
+                } else {
+                    &e.spec.pod_namespace
+                };
+                api::EndpointListEntry {
+                    id: u32::from(e.id),
+                    identity: e.identity,
+                    labels: Vec::new(),
+                    ipv4: Some(e.ip),
+                    status: "ready".into(),
+                    pod: if e.spec.pod_name.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{ns}/{}", e.spec.pod_name)
+                    },
+                    policy: ("Disabled".into(), "Disabled".into()),
+                }
+            })
+            .collect();
+        v.push(api::EndpointListEntry {
+            id: u32::from(u16::MAX),
+            identity: fibril_abi::identity::HEALTH,
+            labels: vec!["reserved:health".into()],
+            ipv4: Some(self.health_ip),
+            status: "ready".into(),
+            pod: String::new(),
+            policy: ("Disabled".into(), "Disabled".into()),
+        });
+        v.sort_by_key(|e| e.id);
+        v
+    }
+
+    /// Ipcache and local endpoints for `ip list`: (prefix, identity, source).
+    pub fn ip_entries(&self) -> Vec<(String, u32, String)> {
+        let mut v = Vec::new();
+        v.push((
+            "0.0.0.0/0".to_string(),
+            fibril_abi::identity::WORLD,
+            "reserved".to_string(),
+        ));
+        v.push((
+            format!("{}/32", self.node_ip),
+            fibril_abi::identity::HOST,
+            "generated".into(),
+        ));
+        v.push((
+            format!("{}/32", self.router_ip),
+            fibril_abi::identity::HOST,
+            "generated".into(),
+        ));
+        if let Ok(list) = self.maps.endpoints().and_then(|m| m.list()) {
+            for (ip, info) in list {
+                v.push((format!("{ip}/32"), info.sec_identity, "local".into()));
+            }
+        }
+        if let Ok(ipc) = self.maps.ipcache().and_then(|m| m.entries()) {
+            for (p, val) in ipc {
+                v.push((p.to_string(), val.sec_identity, "custom-resource".into()));
+            }
+        }
+        v
     }
 
     /// Cluster-pool demand for the operator (`spec.ipam.pools.requested`):
@@ -749,6 +893,66 @@ impl NodeState {
                 )
             })
             .collect()
+    }
+
+    /// L2 announcement of LoadBalancer IPs: `want` as /32 addresses on
+    /// `fibril_host` (the kernel then answers ARP for them on the underlay),
+    /// others removed. Addresses of a previous agent are found on the device.
+    pub(crate) fn apply_announce(&mut self, want: &BTreeSet<Ipv4Addr>) {
+        let Some(svc) = self.services.as_mut() else {
+            return;
+        };
+        if !svc.announce_loaded {
+            svc.announce_loaded = true;
+            if let Ok(addrs) = self.nl.addresses() {
+                for a in addrs {
+                    if let (true, IpNet::V4(n)) = (a.ifname == HOST_DEVICE, a.addr) {
+                        if n.prefix_len() == 32 && n.addr() != self.router_ip {
+                            svc.announced.insert(n.addr());
+                        }
+                    }
+                }
+            }
+        }
+        if &svc.announced == want {
+            return;
+        }
+        for ip in want.difference(&svc.announced.clone()) {
+            match self
+                .nl
+                .add_address(HOST_DEVICE, IpNet::V4(Ipv4Net::from(*ip)))
+            {
+                Ok(()) => {
+                    info!(%ip, "announcing LoadBalancer IP");
+                    svc.announced.insert(*ip);
+                }
+                Err(e) if e.is_errno(libc::EEXIST) => {
+                    svc.announced.insert(*ip);
+                }
+                Err(e) => warn!(%ip, error = %e, "announcing LoadBalancer IP"),
+            }
+        }
+        let stale: Vec<Ipv4Addr> = svc.announced.difference(want).copied().collect();
+        for ip in stale {
+            let r = NetNs::open(&self.netns)
+                .and_then(|ns| ns.command("ip"))
+                .map(|mut c| {
+                    c.args(["addr", "del", &format!("{ip}/32"), "dev", HOST_DEVICE])
+                        .output()
+                });
+            match r {
+                Ok(Ok(o)) if o.status.success() => {
+                    info!(%ip, "LoadBalancer IP no longer announced");
+                    svc.announced.remove(&ip);
+                }
+                Ok(Ok(o)) => {
+                    warn!(%ip, stderr = %String::from_utf8_lossy(&o.stderr), "removing announced IP");
+                    svc.announced.remove(&ip);
+                }
+                Ok(Err(e)) => warn!(%ip, error = %e, "removing announced IP"),
+                Err(e) => warn!(%ip, error = %e, "removing announced IP"),
+            }
+        }
     }
 
     /// Whether `ip` is on a subnet of the underlay device.

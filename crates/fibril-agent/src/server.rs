@@ -104,6 +104,14 @@ pub async fn serve(
             put(put_endpoint).delete(delete_endpoint),
         )
         .route("/v1/gc", post(gc))
+        .route("/v1/endpoint", get(endpoint_list))
+        .route("/v1/services", get(services))
+        .route("/v1/ip", get(ip_list))
+        .route("/v1/identities", get(identities))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/lrp", get(lrps))
+        .route("/v1/config", get(config))
+        .route("/metrics", get(metrics))
         .with_state(Ctx { opts, state });
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -321,4 +329,177 @@ async fn identity_for(ctx: &Ctx, req: &EndpointRequest) -> (u32, Vec<String>) {
         }
     };
     (id, printed)
+}
+
+/// Name of a reserved identity (`reserved:<name>`).
+pub fn reserved_identity(id: u32) -> Option<&'static str> {
+    use fibril_abi::identity as i;
+    Some(match id {
+        i::HOST => "host",
+        i::WORLD => "world",
+        i::UNMANAGED => "unmanaged",
+        i::HEALTH => "health",
+        i::INIT => "init",
+        i::REMOTE_NODE => "remote-node",
+        _ => return None,
+    })
+}
+
+/// Identity -> printed labels (reserved ones and the store's FibrilIdentities).
+async fn identity_labels(ctx: &Ctx) -> BTreeMap<u32, Vec<String>> {
+    let mut out: BTreeMap<u32, Vec<String>> = (1..=6)
+        .filter_map(|id| Some((id, vec![format!("reserved:{}", reserved_identity(id)?)])))
+        .collect();
+    match ctx.opts.store.list_as::<FibrilIdentity>(None).await {
+        Ok(list) => {
+            for ident in list.items {
+                if let Some(id) = ident.id() {
+                    let labels = ident
+                        .security_labels
+                        .iter()
+                        .map(|(k, v)| {
+                            if k.contains(':') {
+                                format!("{k}={v}")
+                            } else {
+                                format!("k8s:{k}={v}")
+                            }
+                        })
+                        .collect();
+                    out.insert(id, labels);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "listing identities"),
+    }
+    out
+}
+
+async fn endpoint_list(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let mut eps = with_state(&ctx, |st| Ok(st.endpoint_entries())).await?;
+    let labels = identity_labels(&ctx).await;
+    for e in &mut eps {
+        if e.labels.is_empty() {
+            e.labels = labels.get(&e.identity).cloned().unwrap_or_default();
+        }
+    }
+    Ok(Json(eps).into_response())
+}
+
+async fn services(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let r = with_state(&ctx, |st| Ok(st.service_entries())).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn ip_list(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let raw = with_state(&ctx, |st| Ok(st.ip_entries())).await?;
+    let labels = identity_labels(&ctx).await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out: Vec<crate::api::IpEntry> = Vec::new();
+    for (prefix, id, source) in raw {
+        if !seen.insert(prefix.clone()) {
+            continue;
+        }
+        out.push(crate::api::IpEntry {
+            prefix,
+            identity: id,
+            labels: labels.get(&id).cloned().unwrap_or_default(),
+            source,
+        });
+    }
+    out.sort_by_key(|e| {
+        let (ip, len) = e.prefix.split_once('/').unwrap_or((&e.prefix, "32"));
+        (
+            ip.parse::<std::net::Ipv4Addr>().map(u32::from).unwrap_or(0),
+            len.parse::<u8>().unwrap_or(32),
+        )
+    });
+    Ok(Json(out).into_response())
+}
+
+async fn identities(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let labels = identity_labels(&ctx).await;
+    let out: Vec<crate::api::IdentityEntry> = labels
+        .into_iter()
+        .map(|(id, labels)| crate::api::IdentityEntry { id, labels })
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+async fn nodes(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let list = ctx
+        .opts
+        .store
+        .list_as::<fibril_api::FibrilNode>(None)
+        .await
+        .map_err(|e| internal(format!("listing FibrilNodes: {e}")))?;
+    let mut out: Vec<crate::api::NodeEntry> = list
+        .items
+        .iter()
+        .map(|n| {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            let mut cidrs: Vec<String> = crate::fibril_node_cidrs(n)
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            for blocks in fibril_operator::allocated_pools(n).into_values() {
+                for b in blocks {
+                    let b = b.to_string();
+                    if !cidrs.contains(&b) {
+                        cidrs.push(b);
+                    }
+                }
+            }
+            crate::api::NodeEntry {
+                source: if name == ctx.opts.node_name {
+                    "local".into()
+                } else {
+                    "custom-resource".into()
+                },
+                name,
+                ipv4: crate::sync::internal_ip(n),
+                cidrs,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(out).into_response())
+}
+
+async fn lrps(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let r = with_state(&ctx, |st| Ok(st.lrp_list())).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn config(State(ctx): State<Ctx>) -> Response {
+    ctx.opts.config.to_flat().into_response()
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> Result<Response, Failure> {
+    let snap = with_state(&ctx, |st| {
+        let mut snap = crate::metrics::Snapshot {
+            stats: st.stats,
+            endpoints: st.endpoints.len(),
+            services: st.services.as_ref().map_or(0, |s| s.len()),
+            maps: crate::metrics::map_fill(st.maps.dir()),
+            ..Default::default()
+        };
+        if let Ok(d) = fibril_datapath::DatapathStatus::read(st.maps.dir()) {
+            snap.forwarded = d.forwarded;
+            snap.drops = d
+                .drops
+                .iter()
+                .map(|d| (d.reason.as_str().to_string(), d.packets))
+                .collect();
+        }
+        Ok(snap)
+    })
+    .await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&snap),
+    )
+        .into_response())
 }

@@ -8,15 +8,27 @@
 //! ConfigMap (key `config`), when present, replaces the config's
 //! `ipMasqAgent.config.*` values in `fibril_ipmasq`.
 //!
-//! First cut: the loop relists FibrilNodes every `sync_interval` instead of
-//! watching (the list is small and idempotent to apply).
+//! With kube-proxy replacement the same pass keeps the load-balancing maps
+//! equal to the store's Services/EndpointSlices/Local Redirect Policies
+//! ([`crate::services`]), and announces LoadBalancer IPs on L2. Pods of
+//! other nodes (their FibrilEndpoints) become /32 ipcache entries with their
+//! security identity (tunnel mode: with their node as tunnel endpoint).
+//!
+//! [`gc_loop`] collects expired conntrack entries and idle NAT / NodePort
+//! SNAT entries every `GC_INTERVAL`.
+//!
+//! First cut: the loop relists every `sync_interval` instead of watching
+//! (the lists are small and applying them is idempotent: unchanged services
+//! write nothing).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use fibril_abi::identity;
 use fibril_api::fibril::NodeAddressType;
-use fibril_api::{ConfigMap, FibrilNode};
+use fibril_api::{
+    ConfigMap, EndpointSlice, FibrilEndpoint, FibrilLocalRedirectPolicy, FibrilNode, Pod, Service,
+};
 use fibril_config::IpamMode;
 use fibril_datapath::{Prefix4, Tunnel};
 use fibril_netlink::Route;
@@ -117,7 +129,16 @@ pub async fn run(opts: AgentOptions, state: Shared, mut stop: watch::Receiver<bo
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "node sync"),
+            Err(e) => {
+                warn!(error = %e, "node sync");
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut st) = st.lock() {
+                        st.stats.sync_errors += 1;
+                    }
+                })
+                .await;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(opts.sync_interval) => {}
@@ -147,7 +168,18 @@ async fn once(
         .get_as::<ConfigMap>(Some(IP_MASQ_AGENT_NAMESPACE), IP_MASQ_AGENT_CONFIGMAP)
         .await?
         .and_then(|cm| cm.data?.get("config").cloned());
+    let svc_objs = if opts.config.kube_proxy_replacement {
+        Some(list_service_objects(opts).await?)
+    } else {
+        None
+    };
+    let endpoints = opts.store.list_as::<FibrilEndpoint>(None).await?.items;
+    let node_ips: BTreeMap<String, Ipv4Addr> = nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.clone()?, internal_ip(n)?)))
+        .collect();
     let state = state.clone();
+    let lrp_enabled = opts.config.local_redirect_policy;
     let out = tokio::task::spawn_blocking(move || {
         let Ok(mut st) = state.lock() else {
             return (None, UsedMap::new(), None);
@@ -155,7 +187,25 @@ async fn once(
         st.add_cidrs(&own);
         let pool_req = st.multi_pool_round(&allocated);
         apply_remotes(&mut st, &remotes);
+        apply_remote_pods(&mut st, &endpoints);
         st.apply_ipmasq(masq);
+        if let Some(objs) = svc_objs {
+            let view = crate::services::NodeView {
+                node_name: st.node_name.clone(),
+                subnets: st.underlay.subnets.clone(),
+                nodes: node_ips,
+                lrp_enabled,
+            };
+            let want = crate::services::desired(&objs, &view);
+            if let Some(svc) = st.services.as_mut() {
+                let r = svc.apply(&want);
+                st.stats.services_upserted += r.upserted as u64;
+                st.stats.services_deleted += r.deleted as u64;
+                st.stats.service_errors += r.errors as u64;
+            }
+            st.apply_announce(&want.announce);
+        }
+        st.stats.sync_passes += 1;
         (st.cluster_pool_demand(), st.used_map(), pool_req)
     })
     .await
@@ -255,4 +305,157 @@ pub fn apply_remotes(st: &mut NodeState, remotes: &[RemoteNode]) {
     }
     st.routes = want_routes;
     st.remote = want;
+}
+
+/// The InternalIP of a FibrilNode.
+pub fn internal_ip(n: &FibrilNode) -> Option<Ipv4Addr> {
+    n.spec
+        .as_ref()?
+        .addresses
+        .iter()
+        .find_map(|a| match (a.address_type, a.ip) {
+            (NodeAddressType::InternalIP, IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        })
+}
+
+/// Services, slices, LRPs (and Pods when an LRP exists) from the store.
+async fn list_service_objects(
+    opts: &AgentOptions,
+) -> Result<crate::services::Objects, crate::AgentError> {
+    let store = &opts.store;
+    let services = store.list_as::<Service>(None).await?.items;
+    let slices = store.list_as::<EndpointSlice>(None).await?.items;
+    let lrps = if opts.config.local_redirect_policy {
+        store
+            .list_as::<FibrilLocalRedirectPolicy>(None)
+            .await?
+            .items
+    } else {
+        Vec::new()
+    };
+    let pods = if lrps.is_empty() {
+        Vec::new()
+    } else {
+        store.list_as::<Pod>(None).await?.items
+    };
+    Ok(crate::services::Objects {
+        services,
+        slices,
+        lrps,
+        pods,
+    })
+}
+
+/// Remote pods' /32 ipcache entries from the FibrilEndpoints of other nodes
+/// (identity; tunnel mode: the node as tunnel endpoint). Adds/updates, then
+/// removes entries of pods that went away.
+pub fn apply_remote_pods(st: &mut NodeState, endpoints: &[FibrilEndpoint]) {
+    let tunnel = !matches!(st.tunnel, Tunnel::Disabled);
+    let mut want: BTreeMap<Ipv4Addr, (u32, Ipv4Addr)> = BTreeMap::new();
+    for ep in endpoints {
+        let (Some(ip), Some(id)) = (ep.ipv4(), ep.identity_id()) else {
+            continue;
+        };
+        let node = ep
+            .status
+            .as_ref()
+            .and_then(|s| s.networking.as_ref())
+            .and_then(|n| n.node.as_deref())
+            .and_then(|n| n.parse::<Ipv4Addr>().ok());
+        let Some(node) = node else { continue };
+        if node == st.node_ip || st.alloc.is_allocated(ip) {
+            continue;
+        }
+        let Ok(id) = u32::try_from(id) else { continue };
+        want.insert(ip, (id, node));
+    }
+    if want == st.remote_pods {
+        return;
+    }
+    let mut ipc = match st.maps.ipcache() {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "open ipcache");
+            return;
+        }
+    };
+    for (ip, (id, node)) in &want {
+        if st.remote_pods.get(ip) == Some(&(*id, *node)) {
+            continue;
+        }
+        let r = if tunnel {
+            ipc.upsert_tunnel_route(Prefix4::host(*ip), *node, *id)
+        } else {
+            ipc.insert(
+                Prefix4::host(*ip),
+                &fibril_abi::IpcacheValue {
+                    sec_identity: *id,
+                    tunnel_endpoint: 0,
+                    flags: 0,
+                    pad: 0,
+                },
+            )
+        };
+        if let Err(e) = r {
+            warn!(%ip, error = %e, "ipcache remote pod");
+        }
+    }
+    for ip in st.remote_pods.keys() {
+        if !want.contains_key(ip) {
+            let _ = ipc.remove(Prefix4::host(*ip));
+        }
+    }
+    st.remote_pods = want;
+}
+
+/// Interval of [`gc_loop`].
+pub const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Conntrack and NAT garbage collection (until `stop` is true).
+pub async fn gc_loop(
+    state: Shared,
+    mut stop: watch::Receiver<bool>,
+    interval: std::time::Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(mut st) = st.lock() else { return };
+            gc_once(&mut st);
+        })
+        .await;
+    }
+}
+
+/// One GC pass over conntrack, NAT and NodePort SNAT.
+pub fn gc_once(st: &mut NodeState) {
+    let now = fibril_datapath::monotonic_ns();
+    match st.maps.conntrack().and_then(|mut c| c.gc(now)) {
+        Ok(g) => {
+            st.stats.ct_gc_runs += 1;
+            st.stats.ct_gc_removed += g.removed as u64;
+            st.stats.ct_alive = g.alive as u64;
+            if g.removed > 0 {
+                debug!(removed = g.removed, alive = g.alive, "conntrack GC");
+            }
+        }
+        Err(e) => warn!(error = %e, "conntrack GC"),
+    }
+    let timeouts = fibril_datapath::NatTimeouts::default();
+    match fibril_datapath::nat::gc_node(&st.maps, now, &timeouts) {
+        Ok(g) => {
+            st.stats.nat_gc_runs += 1;
+            st.stats.nat_gc_removed += g.removed as u64;
+        }
+        Err(e) => warn!(error = %e, "NAT GC"),
+    }
+    match fibril_datapath::lb::gc_snat(&st.maps, now, timeouts.non_tcp_ns.max(timeouts.tcp_ns)) {
+        Ok(n) => st.stats.nat_gc_removed += n as u64,
+        Err(e) => debug!(error = %e, "NodePort SNAT GC"),
+    }
 }
