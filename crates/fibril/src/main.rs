@@ -38,6 +38,13 @@ enum Command {
     Operator(cmd::operator::OperatorArgs),
     /// Run the cluster DNS server from a Corefile.
     Dns(cmd::dns::DnsArgs),
+    /// Run the pod runner of one lab node (kubelet + runtime: sandboxes, CNI, workloads).
+    Kubelet(cmd::kubelet::KubeletArgs),
+    /// Run a built-in workload (what the pod runner starts for a container image).
+    #[command(hide = true)]
+    Workload(cmd::workload::WorkloadArgs),
+    /// Run a command inside a pod's namespaces (`fibril exec POD [-n NS] -- CMD ARGS`).
+    Exec(cmd::exec::ExecArgs),
     /// Create or update objects from manifests (multi-document YAML; `-f -` reads stdin).
     Apply(cmd::kube::ApplyArgs),
     /// List objects: pods, deployments, services, nodes, ciliumnodes, ciliumendpoints, ...
@@ -82,6 +89,9 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(a),
         Command::Operator(a) => cmd::operator::run(a),
         Command::Dns(a) => cmd::dns::run(a),
+        Command::Kubelet(a) => cmd::kubelet::run(a),
+        Command::Workload(a) => cmd::workload::run(a),
+        Command::Exec(a) => cmd::exec::run(a),
         Command::Apply(a) => cmd::kube::apply(a),
         Command::Get(a) => cmd::kube::get(a),
         Command::Describe(a) => cmd::kube::describe(a),

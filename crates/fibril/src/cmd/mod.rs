@@ -4,7 +4,10 @@
 pub mod agent;
 pub mod config;
 pub mod dns;
+pub mod exec;
 pub mod kube;
+pub mod kubelet;
 pub mod lab;
 pub mod operator;
 pub mod store;
+pub mod workload;
