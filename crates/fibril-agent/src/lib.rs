@@ -35,6 +35,7 @@
 //! 256..=65535; the same hash family the operator tries first).
 
 pub mod api;
+pub mod format;
 pub mod ipam;
 pub mod metrics;
 mod node;
