@@ -36,6 +36,8 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Run the operator: node CIDRs, IP pools, identities (one per cluster).
     Operator(cmd::operator::OperatorArgs),
+    /// Run the lab controller: Deployments/DaemonSets -> Pods, scheduling, Service IPs, EndpointSlices.
+    Controller(cmd::controller::ControllerArgs),
     /// Run the cluster DNS server from a Corefile.
     Dns(cmd::dns::DnsArgs),
     /// Run the pod runner of one lab node (kubelet + runtime: sandboxes, CNI, workloads).
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Config(c) => cmd::config::run(c),
         Command::Agent(a) => cmd::agent::run(a),
         Command::Operator(a) => cmd::operator::run(a),
+        Command::Controller(a) => cmd::controller::run(a),
         Command::Dns(a) => cmd::dns::run(a),
         Command::Kubelet(a) => cmd::kubelet::run(a),
         Command::Workload(a) => cmd::workload::run(a),

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod controller;
 pub mod dns;
 pub mod exec;
 pub mod kube;
