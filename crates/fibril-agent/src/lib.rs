@@ -56,6 +56,8 @@ use fibril_store::{SharedStore, StoreError, StoreExt};
 use ipnet::{IpNet, Ipv4Net};
 use tracing::{info, warn};
 
+/// The datapath crate (map readers and formatters for the debug CLI).
+pub use fibril_datapath;
 pub use node::NodeState;
 
 /// How to run one node's agent.

@@ -60,6 +60,8 @@ enum Command {
     /// Restart a Deployment's pods or the agents (ds/fibril).
     #[command(subcommand)]
     Rollout(cmd::kube::RolloutCommand),
+    /// Debug a node (cilium-dbg): status, endpoint/service/ip/node/lrp lists, bpf maps.
+    Dbg(cmd::dbg::DbgArgs),
 }
 
 fn init_tracing() {
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Delete(a) => cmd::kube::delete(a),
         Command::Scale(a) => cmd::kube::scale(a),
         Command::Rollout(c) => cmd::kube::rollout(c),
+        Command::Dbg(a) => cmd::dbg::run(a),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod controller;
+pub mod dbg;
 pub mod dns;
 pub mod exec;
 pub mod kube;
