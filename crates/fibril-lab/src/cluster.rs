@@ -348,7 +348,24 @@ pub fn start(
 
     let has_kubelet = has_subcommand(&opts.exe, "kubelet");
     if !has_kubelet {
-        progress("! kubelet     not in this build: no Node objects, no pods");
+        // Agents need their Node (kubernetes IPAM waits for spec.podCIDR):
+        // register the Nodes here instead of the kubelet.
+        let nodes: Vec<(String, Role, String)> = topo
+            .nodes
+            .iter()
+            .map(|n| {
+                let ip = fabric
+                    .node_ip(&n.name)
+                    .map(|i| i.to_string())
+                    .unwrap_or_default();
+                (n.name.clone(), n.role, ip)
+            })
+            .collect();
+        with_store(&rec, move |store| async move {
+            register_nodes(&store, &nodes).await
+        })?
+        .map_err(|e| cerr(&lab, "register Nodes", e))?;
+        progress("! kubelet     not in this build: Nodes registered by `lab up`, no pods");
     }
     let nodes = fabric.nodes();
     for node in &nodes {
@@ -393,6 +410,11 @@ pub fn start(
     }
     if has_kubelet {
         wait_nodes_ready(&rec, &nodes, opts.timeout, progress)?;
+    }
+    // A component that crashed after its readiness check fails `up` too.
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(p) = rec.processes.iter().find(|p| !p.alive()) {
+        return Err(died(&lab, p));
     }
     Ok(rec)
 }
@@ -455,6 +477,8 @@ fn spawn(
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
+    // Plain log files, no terminal colour codes.
+    cmd.env("NO_COLOR", "1");
     // SAFETY: runs in the forked child before exec; setsid(2) is
     // async-signal-safe. A new session keeps Ctrl-C of the CLI's terminal
     // away from the lab processes.
@@ -628,6 +652,78 @@ fn wait_nodes_ready(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Creates a Ready Node object per node (what the kubelet registers), when
+/// none exists yet.
+async fn register_nodes(
+    store: &SharedStore,
+    nodes: &[(String, Role, String)],
+) -> Result<(), String> {
+    use fibril_store::StoreExt;
+    for (name, role, ip) in nodes {
+        if store
+            .get_as::<fibril_api::Node>(None, name)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            continue;
+        }
+        let mut labels = serde_json::json!({
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+        });
+        if *role == Role::ControlPlane {
+            labels["node-role.kubernetes.io/control-plane"] = "".into();
+        }
+        let now = now_rfc3339();
+        let node: fibril_api::Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": labels, "creationTimestamp": now},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": ip},
+                    {"type": "Hostname", "address": name}
+                ],
+                "conditions": [{
+                    "type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "registered by fibril lab up",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now
+                }]
+            }
+        }))
+        .map_err(|e| e.to_string())?;
+        store.create_as(&node).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Now as RFC 3339 UTC (`2026-12-07T18:35:05Z`).
+pub fn now_rfc3339() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = t.div_euclid(86400);
+    let rem = t.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 /// Whether a Node has condition Ready=True.

@@ -195,6 +195,16 @@ fn split_type_names(first: &str, rest: &[String]) -> anyhow::Result<(Res, Vec<St
 fn session(
     lab: &str,
 ) -> anyhow::Result<(tokio::runtime::Runtime, fibril_lab::cluster::ClusterRecord)> {
+    // `fibril get ... | head` ends quietly, as kubectl does, instead of
+    // panicking on EPIPE.
+    // SAFETY: restoring the default disposition of one signal before any
+    // thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("talking to the lab cluster needs root (it enters the lab's network namespace)");
     }
@@ -548,8 +558,41 @@ async fn list_objects(
 }
 
 pub fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
-    let (res, names) = split_type_names(&a.resource, &a.names)?;
+    // `get deploy,svc`: one table per type, blank line between.
+    if a.resource.contains(',') && !a.resource.contains('/') {
+        let types: Vec<String> = a.resource.split(',').map(str::to_string).collect();
+        for t in &types {
+            resolve(t)?;
+        }
+        let (rt, rec) = session(&a.lab.lab)?;
+        for (i, t) in types.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            let args = GetArgs {
+                lab: a.lab.clone(),
+                resource: t.clone(),
+                names: a.names.clone(),
+                namespace: a.namespace.clone(),
+                all_namespaces: a.all_namespaces,
+                output: a.output.clone(),
+                selector: a.selector.clone(),
+                field_selector: a.field_selector.clone(),
+            };
+            get_in(args, &rt, &rec)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (rt, rec) = session(&a.lab.lab)?;
+    get_in(a, &rt, &rec)
+}
+
+fn get_in(
+    a: GetArgs,
+    rt: &tokio::runtime::Runtime,
+    rec: &fibril_lab::cluster::ClusterRecord,
+) -> anyhow::Result<ExitCode> {
+    let (res, names) = split_type_names(&a.resource, &a.names)?;
     let namespace = if a.all_namespaces {
         None
     } else {
@@ -557,7 +600,7 @@ pub fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     };
     let all_ns = a.all_namespaces && res.namespaced;
     rt.block_on(async {
-        let store = fibril_lab::cluster::connect(&rec).await?;
+        let store = fibril_lab::cluster::connect(rec).await?;
         let mut items: Vec<Value> = list_objects(&store, &res, namespace.as_deref())
             .await?
             .into_iter()
@@ -1342,7 +1385,8 @@ pub fn describe(a: DescribeArgs) -> anyhow::Result<ExitCode> {
 
 fn field(out: &mut String, indent: usize, key: &str, value: &str) {
     let key = format!("{}{key}:", " ".repeat(indent));
-    out.push_str(&format!("{key:<18}{value}\n"));
+    let width = 18.max(key.len() + 2);
+    out.push_str(&format!("{key:<width$}{value}\n"));
 }
 
 fn describe_pod(v: &Value) -> String {
