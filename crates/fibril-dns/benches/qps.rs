@@ -159,6 +159,7 @@ fn main() {
             let opts = fibril_dns::RunOptions {
                 corefile: fibril_dns::CorefileSource::Text(corefile),
                 placeholders: Default::default(),
+                substitutions: Vec::new(),
             };
             let stop = async move {
                 let _ = tokio::task::spawn_blocking(move || rx.recv()).await;

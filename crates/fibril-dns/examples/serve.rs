@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let opts = fibril_dns::RunOptions {
         corefile: fibril_dns::CorefileSource::Path(path.into()),
         placeholders: Default::default(),
+        substitutions: Vec::new(),
     };
     fibril_dns::run(opts, Arc::new(idx), async {
         let _ = tokio::signal::ctrl_c().await;

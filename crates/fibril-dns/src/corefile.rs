@@ -73,6 +73,8 @@ pub struct ServerBlock {
     pub loadbalance: bool,
     /// Addresses to listen on (empty: every IPv4 address).
     pub bind: Vec<IpAddr>,
+    /// `file` directives: zones served from zone files.
+    pub files: Vec<FileConfig>,
 }
 
 impl ServerBlock {
@@ -94,6 +96,7 @@ impl ServerBlock {
             reload: None,
             loadbalance: false,
             bind: Vec::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -169,6 +172,20 @@ pub struct CacheConfig {
     pub disable_success: Vec<String>,
     /// Zones whose negative answers are never cached.
     pub disable_denial: Vec<String>,
+}
+
+/// `file DBFILE [ZONES...] { reload DURATION }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileConfig {
+    /// The zone file as written (relative paths are resolved against the
+    /// Corefile's directory when it is a file, else the working directory).
+    pub path: String,
+    /// Zones served from it (default: the block's zones). The file's
+    /// `$ORIGIN` is each of them.
+    pub zones: Vec<String>,
+    /// How often the file is checked for changes (0: never). CoreDNS's
+    /// default is 1m.
+    pub reload: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -663,10 +680,14 @@ fn server_block(
                 once(b.cache.is_some())?;
                 b.cache = Some(cache(&d, &b.zones)?);
             }
+            "file" => {
+                let f = file(&d, &b.zones)?;
+                b.files.push(f);
+            }
             other => {
                 return err(
                     d.line,
-                    format!("unsupported directive `{other}` (Fibril DNS supports errors, health, ready, kubernetes, prometheus, forward, cache, loop, reload, loadbalance, bind, log, debug)"),
+                    format!("unsupported directive `{other}` (Fibril DNS supports errors, health, ready, kubernetes, file, prometheus, forward, cache, loop, reload, loadbalance, bind, log, debug)"),
                 )
             }
         }
@@ -723,6 +744,41 @@ fn kubernetes(d: &Directive, block_zones: &[String]) -> Result<KubernetesConfig,
         }
     }
     Ok(k)
+}
+
+fn file(d: &Directive, block_zones: &[String]) -> Result<FileConfig, CorefileError> {
+    let Some(path) = d.args.first() else {
+        return err(d.line, "file: needs a zone file");
+    };
+    let zones = if d.args.len() > 1 {
+        zones_arg(d.line, &d.args[1..], "file")?
+    } else {
+        block_zones.to_vec()
+    };
+    for z in &zones {
+        if !block_zones.iter().any(|b| in_zone(z, b)) {
+            return err(
+                d.line,
+                format!("file: zone `{z}` is not inside the server block's zones"),
+            );
+        }
+    }
+    let mut f = FileConfig {
+        path: path.clone(),
+        zones,
+        reload: Duration::from_secs(60),
+    };
+    for s in d.block.iter().flatten() {
+        if s.block.is_some() {
+            return err(s.line, format!("file {}: takes no block", s.name));
+        }
+        match (s.name.as_str(), s.args.as_slice()) {
+            ("reload", [a]) => f.reload = dur(s.line, a, "file reload")?,
+            ("reload", _) => return err(s.line, "file reload: needs one duration"),
+            (o, _) => return err(s.line, format!("file: unsupported property `{o}`")),
+        }
+    }
+    Ok(f)
 }
 
 fn forward_to(line: usize, s: &str) -> Result<Vec<ForwardTo>, CorefileError> {
@@ -947,6 +1003,25 @@ mod tests {
     loadbalance
 }
 "#;
+
+    #[test]
+    fn file_directive() {
+        let cf = parse(
+            "example.test:53 {\n file db.example.test {\n  reload 10s\n }\n}\n.:53 {\n file root.zone . \n}\n",
+        )
+        .unwrap();
+        let f = &cf.servers[0].files[0];
+        assert_eq!(f.path, "db.example.test");
+        assert_eq!(f.zones, vec!["example.test."]);
+        assert_eq!(f.reload, Duration::from_secs(10));
+        assert_eq!(cf.servers[1].files[0].reload, Duration::from_secs(60));
+        let e = parse("example.test {\n file\n}\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = parse("example.test {\n file db other.test\n}\n").unwrap_err();
+        assert!(e.message.contains("not inside"), "{e}");
+        let e = parse("example.test {\n file db {\n  transfer to *\n }\n}\n").unwrap_err();
+        assert_eq!(e.line, 3);
+    }
 
     #[test]
     fn seed_coredns_corefile() {

@@ -22,6 +22,7 @@
 pub mod cache;
 pub mod cluster;
 pub mod corefile;
+pub mod file;
 pub mod forward;
 pub mod kubernetes;
 pub mod metrics;
@@ -79,6 +80,10 @@ pub struct RunOptions {
     /// Values for template placeholders in forward targets, e.g.
     /// `__PILLAR__CLUSTER__DNS__` -> `[10.96.0.10:53]`.
     pub placeholders: Placeholders,
+    /// Text replaced in the Corefile before it is parsed (every load and
+    /// reload), e.g. `__PILLAR__LOCAL__DNS__` -> `169.254.20.10` in `bind`
+    /// lines, as node-local-dns's installer `sed`s its template.
+    pub substitutions: Vec<(String, String)>,
 }
 
 #[derive(Debug, Error)]
@@ -97,8 +102,11 @@ pub enum DnsError {
     ConfigMap(String, String),
 }
 
-async fn load(src: &CorefileSource) -> Result<(String, Corefile), DnsError> {
-    let text = match src {
+async fn load(
+    src: &CorefileSource,
+    substitutions: &[(String, String)],
+) -> Result<(String, Corefile), DnsError> {
+    let mut text = match src {
         CorefileSource::Text(t) => t.clone(),
         CorefileSource::Path(p) => std::fs::read_to_string(p).map_err(|source| DnsError::Read {
             path: p.clone(),
@@ -128,7 +136,22 @@ async fn load(src: &CorefileSource) -> Result<(String, Corefile), DnsError> {
                 .to_string()
         }
     };
-    let cf = corefile::parse(&text)?;
+    for (from, to) in substitutions {
+        if !from.is_empty() {
+            text = text.replace(from.as_str(), to);
+        }
+    }
+    let mut cf = corefile::parse(&text)?;
+    // Zone files named relative to a Corefile file live next to it.
+    if let CorefileSource::Path(p) = src {
+        if let Some(dir) = p.parent() {
+            for f in cf.servers.iter_mut().flat_map(|b| b.files.iter_mut()) {
+                if std::path::Path::new(&f.path).is_relative() {
+                    f.path = dir.join(&f.path).to_string_lossy().into_owned();
+                }
+            }
+        }
+    }
     Ok((text, cf))
 }
 
@@ -163,7 +186,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DnsError> {
     let metrics = Arc::new(Metrics::new());
-    let (mut text, mut cf) = load(&opts.corefile).await?;
+    let (mut text, mut cf) = load(&opts.corefile, &opts.substitutions).await?;
     let mut running = start_retry(&cf, &cluster, &metrics, &opts.placeholders, 1).await?;
     tracing::info!(addrs = ?running.dns_addrs, http = ?running.http_addrs, "dns: serving");
     tokio::pin!(shutdown);
@@ -186,7 +209,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep(wait) => {}
         }
-        let (new_text, new_cf) = match load(&opts.corefile).await {
+        let (new_text, new_cf) = match load(&opts.corefile, &opts.substitutions).await {
             Ok(x) => x,
             Err(e) => {
                 metrics.reload_failures.inc();

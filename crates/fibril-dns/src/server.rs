@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::cache::{Cache, CacheKey, EntryKind};
 use crate::cluster::ClusterView;
 use crate::corefile::{in_zone, Corefile, ServerBlock};
+use crate::file::ZoneFile;
 use crate::forward::{resolve_targets, ForwardError, Forwarder};
 use crate::kubernetes::{self, KubeResult};
 use crate::metrics::Metrics;
@@ -42,6 +43,12 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("server block at line {line}: {source}")]
+    File {
+        line: usize,
+        #[source]
+        source: crate::file::ZoneError,
+    },
     #[error("server block at line {line} ({zones}): {source}")]
     Forward {
         line: usize,
@@ -57,6 +64,8 @@ pub struct Block {
     server_label: String,
     forward: Option<Forwarder>,
     cache: Option<Cache>,
+    /// `file` zones: (zone, its file).
+    files: Vec<(String, Arc<ZoneFile>)>,
 }
 
 /// Shared state of a running server set.
@@ -135,6 +144,8 @@ pub async fn start(
     // HTTP address -> (health, ready, metrics).
     let mut http: BTreeMap<SocketAddr, (bool, bool, bool)> = BTreeMap::new();
     let mut lameduck = Duration::ZERO;
+    // Zone files to keep fresh (started once every listener is bound).
+    let mut reloaders: Vec<(Vec<Arc<ZoneFile>>, Duration)> = Vec::new();
     for b in &corefile.servers {
         let forward = match &b.forward {
             Some(f) => {
@@ -149,11 +160,28 @@ pub async fn start(
             }
             None => None,
         };
+        let mut files = Vec::new();
+        for f in &b.files {
+            let mut opened = Vec::new();
+            for z in &f.zones {
+                let zf = ZoneFile::open(std::path::Path::new(&f.path), z).map_err(|source| {
+                    ServerError::File {
+                        line: b.line,
+                        source,
+                    }
+                })?;
+                let zf = Arc::new(zf);
+                opened.push(zf.clone());
+                files.push((z.clone(), zf));
+            }
+            reloaders.push((opened, f.reload));
+        }
         let label = server_label(b);
         for z in &b.zones {
             for (plugin, on) in [
                 ("cache", b.cache.is_some()),
                 ("kubernetes", b.kubernetes.is_some()),
+                ("file", !b.files.is_empty()),
                 ("forward", b.forward.is_some()),
                 ("loadbalance", b.loadbalance),
                 ("prometheus", b.prometheus.is_some()),
@@ -178,6 +206,7 @@ pub async fn start(
             server_label: label,
             forward,
             cache: b.cache.clone().map(Cache::new),
+            files,
         });
         let ips = if b.bind.is_empty() {
             vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
@@ -247,6 +276,9 @@ pub async fn start(
             t.abort();
         }
         return Err(e);
+    }
+    for (zones, every) in reloaders {
+        tasks.push(tokio::spawn(crate::file::reload_loop(zones, every)));
     }
     // The loop plugin: a query for a random name to ourselves; seeing it
     // come back more than twice means the upstream forwards to us.
@@ -793,6 +825,25 @@ async fn resolve_uncached(
             }
         }
     }
+    if let Some((_, zf)) = block
+        .files
+        .iter()
+        .filter(|(z, _)| in_zone(qname, z))
+        .max_by_key(|(z, _)| z.len())
+    {
+        if let (Some(zone), true) = (zf.zone(), qclass == DNSClass::IN) {
+            let a = zone.answer(qname, qtype);
+            return Answer {
+                rcode: a.rcode,
+                aa: true,
+                ra: false,
+                answers: a.answers,
+                authority: a.authority,
+                additional: Vec::new(),
+                plugin: "file",
+            };
+        }
+    }
     if let Some(f) = block.forward.as_ref().filter(|f| f.matches(qname)) {
         return match f.forward(req, proto == Proto::Tcp).await {
             Ok(mut resp) => Answer {
@@ -913,6 +964,7 @@ pub fn offline_blocks(corefile: &Corefile) -> Vec<Arc<Block>> {
                 server_label: server_label(b),
                 forward: None,
                 cache: b.cache.clone().map(Cache::new),
+                files: Vec::new(),
                 cfg: b.clone(),
             })
         })

@@ -294,6 +294,7 @@ impl Lab {
         let opts = fibril_dns::RunOptions {
             corefile: fibril_dns::CorefileSource::Text(corefile),
             placeholders: Default::default(),
+            substitutions: Vec::new(),
         };
         let task = tokio::spawn(fibril_dns::run(opts, view, async {
             let _ = rx.await;
@@ -805,6 +806,7 @@ async fn reload_picks_up_corefile_changes() {
     let opts = fibril_dns::RunOptions {
         corefile: fibril_dns::CorefileSource::Path(path.clone()),
         placeholders: Default::default(),
+        substitutions: Vec::new(),
     };
     let task = tokio::spawn(fibril_dns::run(opts, Arc::new(cluster()), async {
         let _ = rx.await;
@@ -853,6 +855,7 @@ async fn loop_is_detected_and_broken() {
     let opts = fibril_dns::RunOptions {
         corefile: fibril_dns::CorefileSource::Text(corefile),
         placeholders: Default::default(),
+        substitutions: Vec::new(),
     };
     let task = tokio::spawn(fibril_dns::run(
         opts,
@@ -918,6 +921,7 @@ async fn node_local_corefile_chains_to_cluster_dns() {
     let opts = fibril_dns::RunOptions {
         corefile: fibril_dns::CorefileSource::Text(corefile),
         placeholders,
+        substitutions: Vec::new(),
     };
     let task = tokio::spawn(fibril_dns::run(
         opts,
@@ -992,6 +996,7 @@ async fn lameduck_keeps_answering_while_not_ready() {
     let opts = fibril_dns::RunOptions {
         corefile: fibril_dns::CorefileSource::Text(corefile),
         placeholders: Default::default(),
+        substitutions: Vec::new(),
     };
     let task = tokio::spawn(fibril_dns::run(opts, Arc::new(cluster()), async {
         let _ = rx.await;
@@ -1044,6 +1049,7 @@ async fn corefile_from_configmap_reloads() {
             key: "Corefile".into(),
         },
         placeholders: Default::default(),
+        substitutions: Vec::new(),
     };
     let task = tokio::spawn(fibril_dns::run(opts, Arc::new(cluster()), async {
         let _ = rx.await;
