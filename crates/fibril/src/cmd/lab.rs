@@ -338,8 +338,41 @@ fn print_lab(l: &LabStatus) {
             w2 = widths[2]
         );
     }
-    for s in &l.stray_namespaces {
+    // Pods' and agents' health namespaces are the cluster's, not strays.
+    let pod_prefix = format!("fl-{}-p-", l.lab);
+    let (made, stray): (Vec<&String>, Vec<&String>) = l
+        .stray_namespaces
+        .iter()
+        .partition(|n| n.starts_with(&pod_prefix) || n.ends_with("-health"));
+    if !made.is_empty() {
+        let pods = made.iter().filter(|n| n.starts_with(&pod_prefix)).count();
+        println!(
+            "  cluster namespaces: {pods} pod sandbox(es), {} agent health endpoint(s)",
+            made.len() - pods
+        );
+    }
+    for s in stray {
         println!("  stray namespace {s} (removed by the next up/down)");
+    }
+    if let Ok(Some(rec)) = fibril_lab::cluster::ClusterRecord::load(&l.lab) {
+        println!("  cluster: etcd {}", rec.etcd_url);
+        let rows: Vec<[String; 4]> = rec
+            .processes
+            .iter()
+            .map(|p| {
+                [
+                    p.component.clone(),
+                    p.pid.to_string(),
+                    if p.alive() { "running" } else { "EXITED" }.to_string(),
+                    p.log.display().to_string(),
+                ]
+            })
+            .collect();
+        let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+        let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0);
+        for r in rows {
+            println!("  {:<w0$}  pid {:<w1$}  {:<7}  {}", r[0], r[1], r[2], r[3]);
+        }
     }
 }
 
