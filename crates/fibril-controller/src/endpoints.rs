@@ -7,7 +7,8 @@
 //! Service. Endpoints are the selected pods of the Service's namespace that
 //! have a podIP and have not finished, sorted by pod name, with conditions
 //! `ready` (pod Ready and not terminating), `serving` (pod Ready) and
-//! `terminating` (deletionTimestamp set). Ports come from each Service
+//! `terminating` (deletionTimestamp set); with `publishNotReadyAddresses`
+//! every endpoint is ready. Ports come from each Service
 //! port's `targetPort`: a number, or a named container port looked up in the
 //! pods (pods lacking the name are left out); unset means `port`. Slices are
 //! written only when they change; slices of deleted or selector-less
@@ -123,16 +124,22 @@ pub fn build_endpoints(svc: &Service, pods: &[Pod]) -> (Vec<Endpoint>, Vec<Endpo
     let Some(reference) = reference else {
         return (Vec::new(), slice_ports(svc, &resolve(None)));
     };
+    let publish_not_ready = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
     let endpoints = selected
         .iter()
         .filter(|p| resolve(Some(p)) == reference)
         .map(|p| {
             let terminating = pod_terminating(p);
+            // As Kubernetes: publishNotReadyAddresses makes every endpoint ready.
             let ready = pod_ready(p);
             Endpoint {
                 addresses: vec![pod_ip(p).unwrap_or_default().to_string()],
                 conditions: Some(EndpointConditions {
-                    ready: Some(ready && !terminating),
+                    ready: Some(publish_not_ready || (ready && !terminating)),
                     serving: Some(ready),
                     terminating: Some(terminating),
                 }),

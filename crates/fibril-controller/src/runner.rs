@@ -71,20 +71,27 @@ async fn snapshot(store: &SharedStore) -> Result<Snapshot, StoreError> {
     })
 }
 
-async fn ranges(store: &SharedStore, opts: &ControllerOptions) -> ServiceRanges {
+/// The ranges to allocate from, and a warning when the stored config cannot
+/// be used.
+async fn ranges(store: &SharedStore, opts: &ControllerOptions) -> (ServiceRanges, Option<String>) {
     if !opts.use_stored_config {
-        return opts.ranges.clone();
+        return (opts.ranges.clone(), None);
     }
     match fibril_config::store::load(store.as_ref()).await {
-        Ok(Some((c, _))) => ServiceRanges {
-            service_cidr: c.k8s_service_cidr,
-            lb_pool: c.load_balancer_ip_pool,
-        },
-        Ok(None) => opts.ranges.clone(),
-        Err(e) => {
-            warn!(error = %e, "cannot read the stored config; using the defaults");
-            opts.ranges.clone()
-        }
+        Ok(Some((c, _))) => (
+            ServiceRanges {
+                service_cidr: c.k8s_service_cidr,
+                lb_pool: c.load_balancer_ip_pool,
+            },
+            None,
+        ),
+        Ok(None) => (opts.ranges.clone(), None),
+        Err(e) => (
+            opts.ranges.clone(),
+            Some(format!(
+                "cannot use the stored config ({e}); allocating from the defaults"
+            )),
+        ),
     }
 }
 
@@ -141,9 +148,10 @@ pub(crate) async fn pass(
     warned: &mut HashSet<String>,
 ) -> Result<usize, StoreError> {
     let snap = snapshot(store).await?;
-    let ranges = ranges(store, opts).await;
+    let (ranges, config_warning) = ranges(store, opts).await;
     let now = now();
-    let plan = reconcile(&snap, &ranges, &now, rng);
+    let mut plan = reconcile(&snap, &ranges, &now, rng);
+    plan.warnings.extend(config_warning);
     // Warnings repeat every pass while the cause stays: log each once.
     warned.retain(|w| plan.warnings.contains(w));
     for w in &plan.warnings {

@@ -6,8 +6,10 @@
 //! pods already on a node, as Kubernetes' InterPodAffinity does) by the
 //! term's `topologyKey` (`kubernetes.io/hostname` falls back to the node
 //! name). Taints are ignored (the seeds schedule onto the control plane).
-//! Score: fewest active pods, ties by node name. Placements made earlier in
-//! the same pass count, so a Deployment's new pods spread.
+//! Score: fewest active pods of the same owner (Deployment/DaemonSet: the
+//! default scheduler's selector spreading), then fewest active pods, then
+//! node name. Placements made earlier in the same pass count, so a
+//! Deployment's new pods spread one per node while nodes remain.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +40,8 @@ struct Placed {
     labels: BTreeMap<String, String>,
     anti_affinity: Vec<PodAffinityTerm>,
     active: bool,
+    /// `namespace/kind/name` of the controlling owner.
+    owner: Option<String>,
 }
 
 impl Placed {
@@ -47,8 +51,19 @@ impl Placed {
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             anti_affinity: anti_affinity_terms(pod),
             active: pod_active(pod),
+            owner: owner_id(pod),
         }
     }
+}
+
+fn owner_id(pod: &Pod) -> Option<String> {
+    let o = pod.metadata.owner_references.as_ref()?.first()?;
+    Some(format!(
+        "{}/{}/{}",
+        namespace_of(&pod.metadata),
+        o.kind,
+        o.name
+    ))
 }
 
 #[derive(Debug)]
@@ -70,6 +85,15 @@ impl NodeInfo {
 
     fn load(&self) -> usize {
         self.pods.iter().filter(|p| p.active).count()
+    }
+
+    fn siblings(&self, owner: Option<&String>) -> usize {
+        owner.map_or(0, |o| {
+            self.pods
+                .iter()
+                .filter(|p| p.active && p.owner.as_ref() == Some(o))
+                .count()
+        })
     }
 }
 
@@ -191,7 +215,8 @@ impl Scheduler {
         let mut not_ready = 0;
         let mut selector_miss = 0;
         let mut anti = 0;
-        let mut best: Option<(usize, usize)> = None; // (load, index)
+        let owner = owner_id(pod);
+        let mut best: Option<((usize, usize), usize)> = None; // ((siblings, load), index)
         for (i, info) in self.nodes.iter().enumerate() {
             if !info.ready {
                 not_ready += 1;
@@ -200,9 +225,9 @@ impl Scheduler {
             } else if self.anti_affinity_conflict(info, pod) {
                 anti += 1;
             } else {
-                let load = info.load();
-                if best.is_none_or(|(l, _)| load < l) {
-                    best = Some((load, i));
+                let score = (info.siblings(owner.as_ref()), info.load());
+                if best.is_none_or(|(b, _)| score < b) {
+                    best = Some((score, i));
                 }
             }
         }

@@ -1048,3 +1048,69 @@ fn all_seed_manifests_reconcile_without_panics() {
         .iter()
         .all(|s| s.spec.as_ref().unwrap().cluster_ip.is_some()));
 }
+
+#[test]
+fn replicas_spread_one_per_node_before_load() {
+    // k8s-ctr is the least loaded node but already runs a webpod: the second
+    // replica goes to a worker even though workers run more pods.
+    let nodes = nodes3();
+    let pod = |name: &str, node: Option<&str>, owner: Option<&str>| -> Pod {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node, "containers": []}
+        }))
+        .unwrap();
+        if let Some(o) = owner {
+            p.metadata.owner_references = Some(vec![serde_json::from_value(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": o, "uid": "u"
+            }))
+            .unwrap()]);
+        }
+        p
+    };
+    let existing = vec![
+        pod("web-1", Some("k8s-ctr"), Some("web")),
+        pod("a", Some("k8s-w1"), None),
+        pod("b", Some("k8s-w1"), None),
+        pod("c", Some("k8s-w2"), None),
+    ];
+    let mut s = Scheduler::new(&nodes, &existing);
+    assert_eq!(
+        s.place(&pod("web-2", None, Some("web"))),
+        Decision::Bind("k8s-w2".into())
+    );
+    assert_eq!(
+        s.place(&pod("web-3", None, Some("web"))),
+        Decision::Bind("k8s-w1".into())
+    );
+    // Unowned pods: plain load.
+    assert_eq!(
+        s.place(&pod("x", None, None)),
+        Decision::Bind("k8s-ctr".into())
+    );
+}
+
+#[test]
+fn seed_4w_webpod_three_replicas_one_per_node() {
+    let mut sim = Sim::new(vec![
+        node("k8s-ctr", true, &[]),
+        node("k8s-w0", true, &[]),
+        node("k8s-w1", true, &[]),
+    ]);
+    for p in seed_of::<Pod>("000-webpod-service-curl-pod.yaml") {
+        let p = sim.add(p);
+        sim.snap.pods.push(p);
+    }
+    let mut d = seed_of::<Deployment>("000-webpod-service-curl-pod.yaml").remove(0);
+    d.spec.replicas = Some(3);
+    let d = sim.add(d);
+    sim.snap.deployments.push(d);
+    sim.step();
+    let mut on: Vec<_> = sim
+        .active_pods("webpod-")
+        .iter()
+        .map(|p| pod_node(p).unwrap())
+        .collect();
+    on.sort();
+    assert_eq!(on, ["k8s-ctr", "k8s-w0", "k8s-w1"]);
+}
