@@ -339,6 +339,19 @@ impl NodeState {
         };
         let mut st = st;
         if st.config.kube_proxy_replacement {
+            // Node -> ClusterIP is translated on the underlay's egress
+            // (docs/datapath-lb.md): the service CIDR must route out of it,
+            // and replies of local backends come back through a pod veth
+            // with the service IP as source (strict rp_filter would drop them).
+            for key in [
+                "net/ipv4/conf/all/rp_filter",
+                "net/ipv4/conf/default/rp_filter",
+            ] {
+                if let Err(e) = ns.set_sysctl(key, "0") {
+                    warn!(%key, error = %e, "rp_filter");
+                }
+            }
+            st.route_service_cidr();
             match crate::services::ServiceSync::open(&st.maps) {
                 Ok(s) => {
                     info!(services = s.len(), "load-balancing maps opened");
@@ -893,6 +906,35 @@ impl NodeState {
                 )
             })
             .collect()
+    }
+
+    /// `k8sServiceCIDR via <gateway> dev <underlay>`, the gateway being the
+    /// first one the node already uses on the underlay (no route when the
+    /// node has none: node -> ClusterIP then does not work).
+    fn route_service_cidr(&mut self) {
+        let cidr = self.config.k8s_service_cidr;
+        let routes = match self.nl.routes() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "listing routes");
+                return;
+            }
+        };
+        let gw = routes
+            .iter()
+            .filter(|r| r.table == 254 && r.oif.as_deref() == Some(self.underlay_device.as_str()))
+            .filter_map(|r| r.via.map(|v| (r.dst.prefix_len(), v)))
+            .min_by_key(|(len, _)| *len)
+            .map(|(_, v)| v);
+        let Some(gw) = gw else {
+            info!(%cidr, "no gateway on the underlay: no service CIDR route");
+            return;
+        };
+        let route = Route::via(cidr, gw).with_dev(&self.underlay_device);
+        match self.nl.replace_route(&route) {
+            Ok(()) => info!(%route, "service CIDR route"),
+            Err(e) => warn!(%route, error = %e, "service CIDR route"),
+        }
     }
 
     /// L2 announcement of LoadBalancer IPs: `want` as /32 addresses on

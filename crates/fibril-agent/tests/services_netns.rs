@@ -1,0 +1,506 @@
+//! Privileged end-to-end test of the service sync: two agents on the seed-3w
+//! fabric (native routing, kube-proxy replacement, Local Redirect Policies),
+//! pods created through the CNI plugin with a small TCP server. Services and
+//! EndpointSlices in the (in-memory) store are programmed by the agents:
+//! ClusterIP from a pod, NodePort and an L2-announced LoadBalancer IP from
+//! the router, backends following the slice, a Local Redirect Policy sending
+//! the ClusterIP to the node-local pod (and back when it goes), an agent
+//! restart that rewrites nothing, and the debug API/formatters on real data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fibril_agent::api::Client;
+use fibril_agent::AgentOptions;
+use fibril_api::fibril::{FibrilNodeSpec, NodeIpamSpec};
+use fibril_api::{EndpointSlice, FibrilLocalRedirectPolicy, FibrilNode, Pod, Service};
+use fibril_config::Config;
+use fibril_datapath::testing::fixture::{ChildGuard, TestNetns};
+use fibril_datapath::{Datapath, LbDump, Maps};
+use fibril_lab::{netns_name, Fabric, Topology};
+use fibril_netlink::NetNs;
+use fibril_store::{MemoryStore, SharedStore, StoreExt};
+use serde_json::json;
+
+const PY: &str = "/usr/bin/python3";
+const PIN_ROOT: &str = "/sys/fs/bpf/fibril-test";
+const CIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 240);
+const CTR_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 100);
+
+/// TCP server answering `<name> <peer ip>` per connection; a client printing
+/// one answer per connection (`-` on failure).
+const SCRIPT: &str = r#"
+import socket, sys
+if sys.argv[1] == "serve":
+    name, port = sys.argv[2], int(sys.argv[3])
+    t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("0.0.0.0", port)); t.listen(64)
+    while True:
+        c, a = t.accept()
+        try:
+            c.sendall(("%s %s\n" % (name, a[0])).encode())
+        finally:
+            c.close()
+else:
+    ip, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    for i in range(n):
+        try:
+            s = socket.create_connection((ip, port), timeout=1)
+            print(s.recv(200).decode().strip(), flush=True)
+            s.close()
+        except Exception as e:
+            print("-", e, flush=True)
+"#;
+
+fn uniq(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Agent {
+    opts: AgentOptions,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Agent {
+    fn start(opts: AgentOptions) -> Agent {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let o = opts.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(fibril_agent::run(o, async move {
+                let _ = rx.await;
+            }))
+            .map_err(|e| e.to_string())
+        });
+        let a = Agent {
+            opts,
+            stop: Some(tx),
+            thread: Some(thread),
+        };
+        let client = a.client();
+        let ok = eventually(Duration::from_secs(30), || {
+            if a.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                return Some(false);
+            }
+            client.healthz().ok().map(|_| true)
+        });
+        if ok != Some(true) {
+            let mut a = a;
+            let res = a.stop_now();
+            panic!("agent {} did not become ready: {res:?}", a.opts.node_name);
+        }
+        a
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.opts.socket_path)
+    }
+
+    fn stop_now(&mut self) -> Result<(), String> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err("agent panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.stop_now();
+    }
+}
+
+#[derive(Default)]
+struct Cleanup {
+    netns: Vec<String>,
+    pin_dirs: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.netns {
+            let _ = NetNs::delete_by_name(n);
+        }
+        for p in &self.pin_dirs {
+            if let Err(e) = Datapath::destroy(p) {
+                eprintln!("cleanup {}: {e}", p.display());
+            }
+        }
+        let _ = std::fs::remove_dir(PIN_ROOT);
+    }
+}
+
+fn cni_add(socket: &Path, cid: &str, netns: &str, pod: &str) -> Ipv4Addr {
+    let conf = json!({"cniVersion": "1.1.0", "name": "fibril", "type": "fibril-cni",
+        "agentSocket": socket})
+    .to_string();
+    let mut env = BTreeMap::new();
+    for (k, v) in [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", cid),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+    ] {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env.insert("CNI_NETNS".into(), format!("/run/netns/{netns}"));
+    env.insert(
+        "CNI_ARGS".into(),
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+    );
+    let mut out = Vec::new();
+    let code = fibril_cni::run_cni(&env, conf.as_bytes(), &mut out);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    assert_eq!(code, 0, "CNI ADD {pod}: {v}");
+    v["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap()
+}
+
+fn serve(ns: &TestNetns, script: &Path, name: &str) -> ChildGuard {
+    let g = ns.spawn(&format!("{PY} {} serve {name} 8080", script.display()));
+    let ok = eventually(Duration::from_secs(10), || {
+        ns.sh_output(&format!(
+            "{PY} -c 'import socket; socket.create_connection((\"127.0.0.1\", 8080), 1)'"
+        ))
+        .status
+        .success()
+        .then_some(())
+    });
+    assert!(ok.is_some(), "server {name} did not start");
+    g
+}
+
+/// Backend names answering `n` connections to `dst:port` from `ns`.
+fn names(ns: &TestNetns, script: &Path, dst: Ipv4Addr, port: u16, n: u32) -> Vec<String> {
+    let out = ns.sh_output(&format!(
+        "{PY} {} client {dst} {port} {n}",
+        script.display()
+    ));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("-").to_string())
+        .collect()
+}
+
+/// Waits until every answer is in `want` (and all of `want` show up).
+fn until_only(ns: &TestNetns, script: &Path, dst: Ipv4Addr, port: u16, want: &[&str], what: &str) {
+    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    let mut last = Vec::new();
+    let ok = eventually(Duration::from_secs(15), || {
+        last = names(ns, script, dst, port, 8);
+        let got: BTreeSet<String> = last.iter().cloned().collect();
+        (got == want).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{what}: wanted {want:?}, last answers {last:?}"
+    );
+}
+
+fn service(lb: bool) -> Service {
+    let mut v = json!({"metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": if lb { "LoadBalancer" } else { "NodePort" }, "clusterIP": CIP.to_string(),
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 31080, "protocol": "TCP"}]}});
+    if lb {
+        v["status"] = json!({"loadBalancer": {"ingress": [{"ip": LB_IP.to_string()}]}});
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+fn slice(backends: &[(Ipv4Addr, &str)]) -> EndpointSlice {
+    let eps: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|(ip, node)| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}, "nodeName": node}))
+        .collect();
+    serde_json::from_value(
+        json!({"metadata": {"name": "web-x1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps}),
+    )
+    .unwrap()
+}
+
+async fn set_pod_cidrs(store: &SharedStore, node: &str, cidr: &str) {
+    let spec = FibrilNodeSpec {
+        ipam: Some(NodeIpamSpec {
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store.create_as(&FibrilNode::new(node, spec)).await.unwrap();
+}
+
+#[test]
+fn services_follow_the_store() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("svc.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = uniq("svc").replace('x', "_");
+    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let mut cleanup = Cleanup::default();
+    let router = TestNetns::existing(&netns_name(&lab, "router"));
+
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/24"));
+    rt.block_on(set_pod_cidrs(&store, "k8s-w1", "10.244.1.0/24"));
+    let mut config = Config::default();
+    config
+        .apply_sets([
+            "ipam.mode=cluster-pool",
+            "routingMode=native",
+            "autoDirectNodeRoutes=true",
+            "ipv4NativeRoutingCIDR=10.244.0.0/16",
+            "kubeProxyReplacement=true",
+            "localRedirectPolicy=true",
+        ])
+        .unwrap();
+    let mut opts = |node: &str| {
+        let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
+        cleanup.pin_dirs.push(pin.clone());
+        let mut o = AgentOptions::new(
+            node,
+            &netns_name(&lab, node),
+            dir.path().join(node),
+            pin,
+            config.clone(),
+            store.clone(),
+        );
+        o.sync_interval = Duration::from_millis(200);
+        o
+    };
+    let ctr_opts = opts("k8s-ctr");
+    let w1_opts = opts("k8s-w1");
+    let mut ctr = Agent::start(ctr_opts.clone());
+    let _w1 = Agent::start(w1_opts.clone());
+    eprintln!("agents ready after {:?}", t0.elapsed());
+
+    // Pods: client and s2 on k8s-ctr, s1 on k8s-w1.
+    let mut pod = |tag: &str| {
+        let n = uniq(tag);
+        NetNs::create(&n).unwrap();
+        cleanup.netns.push(n.clone());
+        n
+    };
+    let (pc, p1, p2) = (pod("svcc"), pod("svc1"), pod("svc2"));
+    let _c_ip = cni_add(&ctr_opts.socket_path, "cid-c", &pc, "client");
+    let s1_ip = cni_add(&w1_opts.socket_path, "cid-s1", &p1, "s1");
+    let s2_ip = cni_add(&ctr_opts.socket_path, "cid-s2", &p2, "s2");
+    let (client, ns1, ns2) = (
+        TestNetns::existing(&pc),
+        TestNetns::existing(&p1),
+        TestNetns::existing(&p2),
+    );
+    let _g1 = serve(&ns1, &script, "s1");
+    let _g2 = serve(&ns2, &script, "s2");
+
+    // NodePort service with the remote backend s1.
+    rt.block_on(store.put_as(&service(false))).unwrap();
+    rt.block_on(store.put_as(&slice(&[(s1_ip, "k8s-w1")])))
+        .unwrap();
+    until_only(&client, &script, CIP, 80, &["s1"], "ClusterIP from a pod");
+    until_only(
+        &router,
+        &script,
+        CTR_IP,
+        31080,
+        &["s1"],
+        "NodePort from the router",
+    );
+    let t = Instant::now();
+    eprintln!("ClusterIP + NodePort ok ({:?})", t0.elapsed());
+
+    // The slice changes: s2 only, then both.
+    rt.block_on(store.put_as(&slice(&[(s2_ip, "k8s-ctr")])))
+        .unwrap();
+    until_only(
+        &client,
+        &script,
+        CIP,
+        80,
+        &["s2"],
+        "after the slice moved to s2",
+    );
+    rt.block_on(store.put_as(&slice(&[(s1_ip, "k8s-w1"), (s2_ip, "k8s-ctr")])))
+        .unwrap();
+    until_only(&client, &script, CIP, 80, &["s1", "s2"], "both backends");
+    eprintln!("slice updates followed in {:?}", t.elapsed());
+    let listing = LbDump::read(&Maps::new(&ctr_opts.pin_dir))
+        .unwrap()
+        .format_service_list();
+    eprintln!("{listing}");
+    assert!(listing.contains(&format!("{CIP}:80/TCP")), "{listing}");
+    assert!(listing.contains("0.0.0.0:31080/TCP"), "{listing}");
+    assert!(
+        listing.contains(&format!("{s1_ip}:8080/TCP (active)")),
+        "{listing}"
+    );
+
+    // LoadBalancer IP on the node subnet: k8s-ctr (smallest name) answers ARP.
+    rt.block_on(store.put_as(&service(true))).unwrap();
+    until_only(
+        &router,
+        &script,
+        LB_IP,
+        80,
+        &["s1", "s2"],
+        "LoadBalancer IP from the router",
+    );
+    let st = ctr.client().status().unwrap();
+    assert_eq!(st.announced, vec![LB_IP], "{st:?}");
+    let st_w1 = _w1.client().status().unwrap();
+    assert!(st_w1.announced.is_empty(), "{st_w1:?}");
+    eprintln!("LoadBalancer ok ({:?})", t0.elapsed());
+
+    // Local Redirect Policy: the ClusterIP goes to the local pod s2 on k8s-ctr.
+    rt.block_on(store.put_as(&slice(&[(s1_ip, "k8s-w1")])))
+        .unwrap();
+    until_only(&client, &script, CIP, 80, &["s1"], "before the LRP");
+    let lrp_pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "s2", "namespace": "default", "labels": {"app": "local-web"}},
+        "spec": {"nodeName": "k8s-ctr", "containers": [{"name": "c", "image": "x"}]},
+        "status": {"phase": "Running", "podIP": s2_ip.to_string()}}))
+    .unwrap();
+    rt.block_on(store.put_as(&lrp_pod)).unwrap();
+    let lrp: FibrilLocalRedirectPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "web-local", "namespace": "default"},
+        "spec": {"redirectFrontend": {"serviceMatcher": {"serviceName": "web", "namespace": "default"}},
+            "redirectBackend": {"localEndpointSelector": {"matchLabels": {"app": "local-web"}},
+                "toPorts": [{"port": "8080", "name": "http", "protocol": "TCP"}]}}}))
+    .unwrap();
+    rt.block_on(store.put_as(&lrp)).unwrap();
+    until_only(&client, &script, CIP, 80, &["s2"], "LRP to the local pod");
+    let lrps = ctr.client().lrps().unwrap();
+    let text = fibril_agent::services::format_lrp_list(&lrps);
+    eprintln!("{text}");
+    assert!(
+        text.contains(&format!("{CIP}:80/TCP -> {s2_ip}:8080(default/s2),")),
+        "{text}"
+    );
+    let listing = LbDump::read(&Maps::new(&ctr_opts.pin_dir))
+        .unwrap()
+        .format_service_list();
+    assert!(listing.contains("LocalRedirect"), "{listing}");
+    // k8s-w1 has no local backend: its ClusterIP stays (fallback).
+    let w1_list = LbDump::read(&Maps::new(&w1_opts.pin_dir))
+        .unwrap()
+        .format_service_list();
+    assert!(!w1_list.contains("LocalRedirect"), "{w1_list}");
+    // The pod goes: back to the service's backends.
+    rt.block_on(store.delete_as::<Pod>(Some("default"), "s2", None))
+        .unwrap();
+    until_only(&client, &script, CIP, 80, &["s1"], "LRP fallback");
+    eprintln!("LRP ok ({:?})", t0.elapsed());
+
+    // Debug API on real data.
+    let c = ctr.client();
+    let svcs = c.services().unwrap();
+    assert!(
+        svcs.iter()
+            .any(|s| s.owner == "default/web" && s.service_type == "LoadBalancer"),
+        "{svcs:?}"
+    );
+    let ips = fibril_agent::format::format_ip_list(&c.ip_list().unwrap());
+    assert!(
+        ips.contains(&format!("{s1_ip}/32")),
+        "remote pod in ip list: {ips}"
+    );
+    let eps = fibril_agent::format::format_endpoint_list(&c.endpoint_list().unwrap());
+    assert!(eps.contains("reserved:health"), "{eps}");
+    let metrics = c.text("/metrics").unwrap();
+    assert!(metrics.contains("fibril_services "), "{metrics}");
+    assert!(
+        metrics.contains("fibril_service_updates_total{op=\"upsert\"}"),
+        "{metrics}"
+    );
+    let status = fibril_agent::format::format_status(&c.status().unwrap(), true, false);
+    eprintln!("{status}");
+    assert!(
+        status.contains("KubeProxyReplacement:   True   [eth1"),
+        "{status}"
+    );
+    assert!(status.contains("Allocated addresses:"), "{status}");
+
+    // Restart: ids and entries unchanged, nothing rewritten.
+    let before = LbDump::read(&Maps::new(&ctr_opts.pin_dir)).unwrap();
+    let upserts = c.status().unwrap().stats.services_upserted;
+    assert!(upserts > 0);
+    ctr.stop_now().unwrap();
+    until_only(
+        &client,
+        &script,
+        CIP,
+        80,
+        &["s1"],
+        "while the agent is down",
+    );
+    drop(ctr);
+    let ctr = Agent::start(ctr_opts.clone());
+    let synced = eventually(Duration::from_secs(10), || {
+        let s = ctr.client().status().ok()?;
+        (s.stats.sync_passes >= 2).then_some(s)
+    })
+    .expect("sync after restart");
+    let after = LbDump::read(&Maps::new(&ctr_opts.pin_dir)).unwrap();
+    assert_eq!(
+        before.services, after.services,
+        "service entries after restart"
+    );
+    assert_eq!(before.backends, after.backends);
+    assert_eq!(synced.stats.services_deleted, 0, "{:?}", synced.stats);
+    until_only(&client, &script, CIP, 80, &["s1"], "after the restart");
+    until_only(
+        &router,
+        &script,
+        LB_IP,
+        80,
+        &["s1"],
+        "LB IP after the restart",
+    );
+    eprintln!("total {:?}", t0.elapsed());
+}
