@@ -282,7 +282,7 @@ pub fn reconcile(
     let mut deletes: Vec<Pod> = Vec::new();
     let mut statuses: Vec<Workload> = Vec::new();
     for d in &snap.deployments {
-        let wp = workload::reconcile_deployment(d, &snap.pods, &mut taken, rng);
+        let wp = workload::reconcile_deployment(d, &snap.pods, &mut taken, rng, now);
         creates.extend(wp.create);
         deletes.extend(wp.delete);
         statuses.extend(wp.status);

@@ -1114,3 +1114,74 @@ fn seed_4w_webpod_three_replicas_one_per_node() {
     on.sort();
     assert_eq!(on, ["k8s-ctr", "k8s-w0", "k8s-w1"]);
 }
+
+#[test]
+fn recreate_strategy_deletes_old_pods_first_and_conditions_follow() {
+    let mut sim = Sim::new(nodes3());
+    let mut d = anti_affinity_deploy(2);
+    d.spec.strategy = Some(serde_json::from_value(json!({"type": "Recreate"})).unwrap());
+    let d = sim.add(d);
+    sim.snap.deployments.push(d);
+    sim.step();
+    let cond = |sim: &Sim, t: &str| {
+        sim.snap.deployments[0]
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_.as_deref() == Some(t))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(cond(&sim, "Available").status.as_deref(), Some("False"));
+    sim.kubelet(true);
+    sim.step();
+    assert_eq!(
+        cond(&sim, "Available").reason.as_deref(),
+        Some("MinimumReplicasAvailable")
+    );
+    assert_eq!(
+        cond(&sim, "Progressing").reason.as_deref(),
+        Some("NewReplicaSetAvailable")
+    );
+    assert!(
+        sim.step().writes.is_empty(),
+        "converged deployment rewritten"
+    );
+    sim.snap.deployments[0]
+        .spec
+        .template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .annotations = Some(
+        [(
+            "kubectl.kubernetes.io/restartedAt".to_string(),
+            "now".to_string(),
+        )]
+        .into(),
+    );
+    let plan = sim.step();
+    // Both old pods are deleted, nothing is created while they terminate.
+    assert_eq!(plan.writes.iter().filter(|w| matches!(w, Write::Update(Object::Pod(p)) if p.metadata.deletion_timestamp.is_some())).count(), 2);
+    assert!(!plan
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Create(Object::Pod(_)))));
+    assert!(!sim
+        .step()
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Create(Object::Pod(_)))));
+    sim.kubelet(true);
+    sim.step();
+    assert_eq!(sim.active_pods("spread-").len(), 2);
+    assert_eq!(
+        cond(&sim, "Progressing").reason.as_deref(),
+        Some("ReplicaSetUpdated")
+    );
+    assert_ne!(cond(&sim, "Available").status.as_deref(), Some("True"));
+}

@@ -7,7 +7,9 @@
 //! ownerReference kind `Deployment`. A template change (e.g. `rollout
 //! restart`'s `kubectl.kubernetes.io/restartedAt` annotation) rolls with
 //! maxSurge 1 / maxUnavailable 0: a new pod is created while old ones run,
-//! and an old pod goes when a new one is Ready. DaemonSet pods are
+//! and an old pod goes when a new one is Ready (`strategy.type: Recreate`:
+//! all old pods go first). Status carries the replica counts and the
+//! `Available`/`Progressing` conditions. DaemonSet pods are
 //! `<ds>-<5 chars>`, bound at creation (`spec.nodeName`), label
 //! `controller-revision-hash`; a template change replaces one pod at a time.
 
@@ -15,9 +17,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
 
 use fibril_api::{DaemonSet, Deployment, Node, ObjectMeta, Pod};
-use k8s_openapi::api::apps::v1::{DaemonSetStatus, DeploymentStatus};
+use k8s_openapi::api::apps::v1::{DaemonSetStatus, DeploymentCondition, DeploymentStatus};
 use k8s_openapi::api::core::v1::{PodStatus, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::naming::{
     deployment_pod_name, random_suffix, suffixed_name, template_hash, CONTROLLER_REVISION_HASH,
@@ -162,6 +165,7 @@ pub fn reconcile_deployment(
     pods: &[Pod],
     taken: &mut TakenNames,
     rng: &mut fastrand::Rng,
+    now: &Time,
 ) -> WorkloadPlan {
     let mut plan = WorkloadPlan::default();
     let template = &d.spec.template;
@@ -181,8 +185,13 @@ pub fn reconcile_deployment(
     let mut new: Vec<&Pod> = active.iter().copied().filter(|p| is_new(p)).collect();
     let mut old: Vec<&Pod> = active.iter().copied().filter(|p| !is_new(p)).collect();
 
+    let recreate = d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let old_terminating = owned.iter().any(|p| pod_terminating(p) && !is_new(p));
     let mut create = 0usize;
-    if old.is_empty() {
+    if recreate && (!old.is_empty() || old_terminating) {
+        // Recreate: every old pod goes first; new ones once they are gone.
+        plan.delete.extend(old.iter().map(|p| (*p).clone()));
+    } else if old.is_empty() {
         if new.len() < replicas {
             create = replicas - new.len();
         } else if new.len() > replicas {
@@ -233,11 +242,54 @@ pub fn reconcile_deployment(
     let old_status = d.status.clone().unwrap_or_default();
     let ready = count(&|p| pod_ready(p));
     let total = count(&|_| true);
+    let updated = count(&|p| is_new(p));
+    let want = i32::try_from(replicas).unwrap_or(i32::MAX);
+    let rs = format!("{dname}-{hash}");
+    let mut conditions = old_status.conditions.clone().unwrap_or_default();
+    set_deployment_condition(
+        &mut conditions,
+        if ready >= want {
+            (
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".to_string(),
+            )
+        } else {
+            (
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".to_string(),
+            )
+        },
+        now,
+    );
+    set_deployment_condition(
+        &mut conditions,
+        if updated == want && total == want && ready == want {
+            (
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{rs}\" has successfully progressed."),
+            )
+        } else {
+            (
+                "Progressing",
+                "True",
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{rs}\" is progressing."),
+            )
+        },
+        now,
+    );
     let status = DeploymentStatus {
+        conditions: Some(conditions),
         replicas: Some(total),
         ready_replicas: Some(ready),
         available_replicas: Some(ready),
-        updated_replicas: Some(count(&|p| is_new(p))),
+        updated_replicas: Some(updated),
         unavailable_replicas: Some(
             i32::try_from(replicas)
                 .unwrap_or(i32::MAX)
@@ -253,6 +305,42 @@ pub fn reconcile_deployment(
         plan.status = Some(Workload::Deployment(d2));
     }
     plan
+}
+
+/// Sets a Deployment condition `(type, status, reason, message)`, keeping
+/// the times when nothing changed (so a converged Deployment is not
+/// rewritten every pass).
+fn set_deployment_condition(
+    conditions: &mut Vec<DeploymentCondition>,
+    (type_, status, reason, message): (&str, &str, &str, String),
+    now: &Time,
+) {
+    let existing = conditions
+        .iter_mut()
+        .find(|c| c.type_.as_deref() == Some(type_));
+    match existing {
+        Some(c)
+            if c.status.as_deref() == Some(status)
+                && c.reason.as_deref() == Some(reason)
+                && c.message.as_deref() == Some(message.as_str()) => {}
+        Some(c) => {
+            if c.status.as_deref() != Some(status) {
+                c.last_transition_time = Some(now.clone());
+            }
+            c.status = Some(status.to_string());
+            c.reason = Some(reason.to_string());
+            c.message = Some(message);
+            c.last_update_time = Some(now.clone());
+        }
+        None => conditions.push(DeploymentCondition {
+            type_: Some(type_.to_string()),
+            status: Some(status.to_string()),
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            last_transition_time: Some(now.clone()),
+            last_update_time: Some(now.clone()),
+        }),
+    }
 }
 
 /// Nodes a DaemonSet's pods go to: the template's `nodeSelector` matches.
