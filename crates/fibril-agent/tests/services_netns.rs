@@ -41,17 +41,40 @@ if sys.argv[1] == "serve":
     name, port = sys.argv[2], int(sys.argv[3])
     t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     t.bind(("0.0.0.0", port)); t.listen(64)
-    while True:
-        c, a = t.accept()
+    import threading
+    def handle(c, a):
         try:
             c.sendall(("%s %s\n" % (name, a[0])).encode())
+            c.settimeout(30)
+            while True:
+                d = c.recv(200)
+                if not d:
+                    break
+                c.sendall(d)
+        except Exception:
+            pass
         finally:
             c.close()
+    while True:
+        c, a = t.accept()
+        threading.Thread(target=handle, args=(c, a), daemon=True).start()
+elif sys.argv[1] == "hold":
+    # One connection kept open until the flag file exists, then one echo.
+    import os, time
+    ip, port, flag = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    s = socket.create_connection((ip, port), timeout=5)
+    print(s.recv(200).decode().strip(), flush=True)
+    open(flag + ".up", "w").close()
+    while not os.path.exists(flag):
+        time.sleep(0.05)
+    s.sendall(b"still-here\n")
+    print(s.recv(200).decode().strip(), flush=True)
 else:
     ip, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     for i in range(n):
         try:
             s = socket.create_connection((ip, port), timeout=1)
+            s.settimeout(2)
             print(s.recv(200).decode().strip(), flush=True)
             s.close()
         except Exception as e:
@@ -466,7 +489,19 @@ fn services_follow_the_store() {
     );
     assert!(status.contains("Allocated addresses:"), "{status}");
 
-    // Restart: ids and entries unchanged, nothing rewritten.
+    // Restart: ids and entries unchanged, nothing rewritten, and a
+    // connection established through the ClusterIP keeps working.
+    let flag = dir.path().join("go");
+    let held = client.spawn(&format!(
+        "{PY} {} hold {CIP} 80 {}",
+        script.display(),
+        flag.display()
+    ));
+    let up = dir.path().join("go.up");
+    assert!(
+        eventually(Duration::from_secs(10), || up.exists().then_some(())).is_some(),
+        "held connection did not come up"
+    );
     let before = LbDump::read(&Maps::new(&ctr_opts.pin_dir)).unwrap();
     let upserts = c.status().unwrap().stats.services_upserted;
     assert!(upserts > 0);
@@ -494,6 +529,19 @@ fn services_follow_the_store() {
     assert_eq!(before.backends, after.backends);
     assert_eq!(synced.stats.services_deleted, 0, "{:?}", synced.stats);
     until_only(&client, &script, CIP, 80, &["s1"], "after the restart");
+    std::fs::write(&flag, b"").unwrap();
+    let (_, out, err) = held.wait();
+    eprintln!("held connection: {out:?} {err:?}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with("s1 ")),
+        "{out:?} {err:?}"
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(&"still-here"),
+        "echo over the held connection: {out:?} {err:?}"
+    );
     until_only(
         &router,
         &script,
