@@ -648,9 +648,10 @@ pub async fn handle(
         if msg.recursion_available() {
             flags.push("ra");
         }
-        // CoreDNS's log line format.
-        tracing::info!(
-            "[INFO] {src} - {} \"{qtype_s} {} {qname} {proto_s} {} {} {max_udp}\" {rc} {} {} {:.9}s",
+        // CoreDNS's log line format, on stdout as CoreDNS prints it (the
+        // pod log), whatever the tracing filter.
+        let line = format!(
+            "[INFO] {src} - {} \"{qtype_s} {} {qname} {proto_s} {} {} {max_udp}\" {rc} {} {} {:.9}s\n",
             req.id(),
             q.query_class(),
             data.len(),
@@ -659,6 +660,10 @@ pub async fn handle(
             bytes.len(),
             elapsed.as_secs_f64()
         );
+        {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
     }
     Some(bytes)
 }
