@@ -417,6 +417,13 @@ async fn apply_one(
     key: &ObjectKey,
     mut value: Value,
 ) -> anyhow::Result<&'static str> {
+    // The store keeps the namespace in metadata: compare like with like.
+    if let (Some(ns), Some(m)) = (
+        &key.namespace,
+        value.get_mut("metadata").and_then(Value::as_object_mut),
+    ) {
+        m.insert("namespace".into(), json!(ns));
+    }
     for _ in 0..5 {
         match store.get(key).await? {
             None => {
@@ -1134,6 +1141,11 @@ fn print_table(res: &Res, items: &[Value], wide: bool, all_ns: bool) {
 
 /// Columns separated by 3 spaces, as kubectl's tabwriter prints them.
 pub fn format_table(rows: &[Vec<String>]) -> String {
+    format_table_sep(rows, 3)
+}
+
+/// Columns separated by `gap` spaces (`describe` tables use 2).
+pub fn format_table_sep(rows: &[Vec<String>], gap: usize) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0usize; cols];
     for r in rows {
@@ -1149,7 +1161,7 @@ pub fn format_table(rows: &[Vec<String>]) -> String {
                 line.push_str(c);
             } else {
                 line.push_str(c);
-                line.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
+                line.push_str(&" ".repeat(widths[i] - c.chars().count() + gap));
             }
         }
         out.push_str(line.trim_end());
@@ -1548,7 +1560,7 @@ fn describe_pod(v: &Value) -> String {
     } else {
         let mut rows = vec![vec!["Type".to_string(), "Status".to_string()]];
         rows.extend(conds.into_iter().map(|(t, s)| vec![t, s]));
-        for line in format_table(&rows).lines() {
+        for line in format_table_sep(&rows, 2).lines() {
             o.push_str(&format!("  {line}\n"));
         }
     }
@@ -1661,7 +1673,7 @@ fn events_table(v: &Value, kind: &str, events: &[Value]) -> String {
         ]);
     }
     let mut o = String::from("Events:\n");
-    for line in format_table(&rows).lines() {
+    for line in format_table_sep(&rows, 2).lines() {
         o.push_str(&format!("  {line}\n"));
     }
     o
