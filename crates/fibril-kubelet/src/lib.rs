@@ -440,7 +440,12 @@ impl Kubelet {
             labels: &labels,
         };
         let result: std::result::Result<String, String> = async {
-            sandbox::create_netns(&netns).map_err(|e| e.to_string())?;
+            // rtnetlink's sync API runs its own runtime: keep it off ours.
+            let n = netns.clone();
+            tokio::task::spawn_blocking(move || sandbox::create_netns(&n))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
             let res =
                 self.cni.call("ADD", &cni_pod).await.map_err(|f| {
                     format!("plugin type=\"{}\" failed (add): {f}", sandbox::CNI_TYPE)
