@@ -26,7 +26,9 @@ LAB_SETS ?=
 lab: build-release
 	$(RELEASE_BIN) lab up --topology $(TOPOLOGY) $(LAB_SETS)
 	$(RELEASE_BIN) apply -f lab/manifests/webpod.yaml -f lab/manifests/curl-pod.yaml
-	@ip=$$($(RELEASE_BIN) get svc webpod -o jsonpath='{.spec.clusterIP}' 2>/dev/null); \
+	@for i in 1 2 3 4 5 6 7 8 9 10; do \
+	  ip=$$($(RELEASE_BIN) get svc webpod -o jsonpath='{.spec.clusterIP}' 2>/dev/null); \
+	  [ -n "$$ip" ] && break; sleep 0.5; done; \
 	echo; echo "Try (pods take a few seconds to start):"; \
 	echo "  $(RELEASE_BIN) get pods -o wide"; \
 	echo "  $(RELEASE_BIN) exec curl-pod -- curl -s $${ip:-<webpod ClusterIP>}"; \

@@ -839,7 +839,8 @@ pub fn rollout_agents(
 }
 
 /// `lab upgrade --set ...`: validates the stored config with `sets` applied,
-/// stores it, restarts the operator and then the agents one at a time.
+/// stores it, restarts the operator and the controller, then the agents one
+/// at a time.
 pub fn upgrade(
     lab: &str,
     sets: &[String],
@@ -866,9 +867,13 @@ pub fn upgrade(
     rec.config = config.to_flat_map();
     rec.save()?;
     progress("✓ config      stored");
-    if rec.process("operator").is_some() {
-        let p = restart_component(lab, "operator", timeout)?;
-        progress(&format!("✓ operator restarted (pid {})", p.pid));
+    // The control plane reads the config at start (the controller: service
+    // CIDR, LB pool), so it restarts too.
+    for c in ["operator", "controller"] {
+        if rec.process(c).is_some() {
+            let p = restart_component(lab, c, timeout)?;
+            progress(&format!("✓ {c} restarted (pid {})", p.pid));
+        }
     }
     rollout_agents(lab, timeout, progress)?;
     Ok(config)
