@@ -1,14 +1,22 @@
 //! The run loop: relist, [`crate::reconcile`], apply. Kept thin on purpose;
-//! every decision is in the pure modules.
+//! every decision is in the pure modules. A pass runs every
+//! [`ControllerOptions::interval`], and shortly after any change to a watched
+//! kind (so a pod turning Ready reaches its EndpointSlice within tens of
+//! milliseconds); the watches only wake the loop, state always comes from a
+//! fresh list.
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
 
 use fibril_api::Resource;
 use fibril_store::{SharedStore, StoreError, StoreExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::{reconcile, Object, ServiceRanges, Snapshot, Write};
 
@@ -30,6 +38,10 @@ pub struct ControllerOptions {
     pub use_stored_config: bool,
     /// Ranges used when there is no stored config.
     pub ranges: ServiceRanges,
+    /// Also run a pass soon after a change to a watched kind.
+    pub watch: bool,
+    /// Wait after a change before the pass, to batch a burst of writes.
+    pub debounce: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -38,6 +50,8 @@ impl Default for ControllerOptions {
             interval: Duration::from_millis(300),
             use_stored_config: true,
             ranges: ServiceRanges::default(),
+            watch: true,
+            debounce: Duration::from_millis(20),
         }
     }
 }
@@ -159,6 +173,7 @@ pub(crate) async fn pass(
             warn!("{w}");
         }
     }
+    trace!(writes = plan.writes.len(), "pass");
     let mut failed = 0;
     for w in &plan.writes {
         let what = describe(w);
@@ -189,6 +204,39 @@ pub(crate) async fn pass(
     Ok(failed)
 }
 
+/// Kinds whose changes wake the loop.
+const WATCHED: [&str; 8] = [
+    "Pod",
+    "Deployment",
+    "DaemonSet",
+    "Service",
+    "EndpointSlice",
+    "Node",
+    "Namespace",
+    "ConfigMap",
+];
+
+/// Follows one kind and pokes `wake` on every change; re-lists and
+/// re-watches after an error (compaction, store restart).
+async fn watch_kind(store: SharedStore, kind: &'static str, wake: Arc<Notify>) {
+    loop {
+        if let Ok(list) = store.list(kind, None).await {
+            // Changes between two watches are covered by the periodic pass.
+            wake.notify_one();
+            if let Ok(mut stream) = store.watch(kind, None, list.revision).await {
+                while let Some(ev) = stream.next().await {
+                    if ev.is_err() {
+                        break;
+                    }
+                    wake.notify_one();
+                }
+            }
+        }
+        debug!(kind, "watch ended; watching again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Runs passes every [`ControllerOptions::interval`] until `shutdown`.
 /// Store failures are logged and retried; they never end the loop.
 pub async fn run_with(
@@ -200,7 +248,16 @@ pub async fn run_with(
     let mut rng = fastrand::Rng::new();
     let mut warned = HashSet::new();
     let mut store_down = false;
-    info!(interval = ?opts.interval, "controller started");
+    let wake = Arc::new(Notify::new());
+    let watchers: Vec<_> = if opts.watch {
+        WATCHED
+            .iter()
+            .map(|k| tokio::spawn(watch_kind(store.clone(), k, wake.clone())))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    info!(interval = ?opts.interval, watch = opts.watch, "controller started");
     loop {
         match pass(&store, &opts, &mut rng, &mut warned).await {
             Ok(_) => {
@@ -219,7 +276,16 @@ pub async fn run_with(
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(opts.interval) => {}
+            () = wake.notified() => {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(opts.debounce) => {}
+                }
+            }
         }
+    }
+    for w in watchers {
+        w.abort();
     }
     info!("controller stopped");
     Ok(())

@@ -1185,3 +1185,35 @@ fn recreate_strategy_deletes_old_pods_first_and_conditions_follow() {
     );
     assert_ne!(cond(&sim, "Available").status.as_deref(), Some("True"));
 }
+
+#[test]
+fn events_decode_as_core_v1_events() {
+    let mut sim = Sim::new(vec![node("a", true, &[])]);
+    let d = sim.add(anti_affinity_deploy(2));
+    sim.snap.deployments.push(d);
+    let plan = sim.step();
+    let events: Vec<_> = plan
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create(Object::Event(key, v)) => Some((key.clone(), v.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 2);
+    for (key, v) in events {
+        let ev: k8s_openapi::api::core::v1::Event = serde_json::from_value(v).unwrap();
+        assert_eq!(key.kind, "Event");
+        assert_eq!(key.namespace.as_deref(), Some("default"));
+        assert_eq!(ev.involved_object.kind.as_deref(), Some("Pod"));
+        assert!(ev.metadata.name.unwrap().starts_with("spread-"));
+        match ev.reason.as_deref() {
+            Some("Scheduled") => assert!(ev
+                .message
+                .unwrap()
+                .starts_with("Successfully assigned default/spread-")),
+            Some("FailedScheduling") => assert_eq!(ev.type_.as_deref(), Some("Warning")),
+            r => panic!("{r:?}"),
+        }
+    }
+}

@@ -118,7 +118,28 @@ async fn slice_ips(store: &SharedStore) -> Option<Vec<(String, bool)>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deployment_service_and_slices_end_to_end() {
+async fn deployment_service_and_slices_end_to_end_polling() {
+    scenario(ControllerOptions {
+        interval: Duration::from_millis(20),
+        watch: false,
+        ..Default::default()
+    })
+    .await;
+}
+
+/// Watch-driven: with a one-minute period, only the watches can make the
+/// passes happen in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_service_and_slices_end_to_end_watch_driven() {
+    scenario(ControllerOptions {
+        interval: Duration::from_secs(60),
+        watch: true,
+        ..Default::default()
+    })
+    .await;
+}
+
+async fn scenario(opts: ControllerOptions) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("fibril_controller=debug")
         .with_test_writer()
@@ -143,10 +164,6 @@ async fn deployment_service_and_slices_end_to_end() {
     let seen_terminating = Arc::new(Mutex::new(Vec::new()));
     let kubelet = spawn_kubelet(store.clone(), seen_terminating.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = ControllerOptions {
-        interval: Duration::from_millis(20),
-        ..Default::default()
-    };
     let ctl = tokio::spawn(fibril_controller::run_with(store.clone(), opts, async {
         let _ = stop_rx.await;
     }));
