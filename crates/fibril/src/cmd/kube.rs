@@ -586,18 +586,19 @@ pub fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 selector: a.selector.clone(),
                 field_selector: a.field_selector.clone(),
             };
-            get_in(args, &rt, &rec)?;
+            get_in(args, &rt, &rec, true)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
     let (rt, rec) = session(&a.lab.lab)?;
-    get_in(a, &rt, &rec)
+    get_in(a, &rt, &rec, false)
 }
 
 fn get_in(
     a: GetArgs,
     rt: &tokio::runtime::Runtime,
     rec: &fibril_lab::cluster::ClusterRecord,
+    prefix_names: bool,
 ) -> anyhow::Result<ExitCode> {
     let (res, names) = split_type_names(&a.resource, &a.names)?;
     let namespace = if a.all_namespaces {
@@ -674,7 +675,7 @@ fn get_in(
                     }
                     return anyhow::Ok(());
                 }
-                print_table(&res, &items, out == "wide", all_ns);
+                print_table(&res, &items, out == "wide", all_ns, prefix_names);
             }
             other => {
                 bail!("unknown output format {other:?} (wide, yaml, json, name, jsonpath=...)")
@@ -1122,7 +1123,8 @@ fn headers(res: &Res, wide: bool) -> Vec<&'static str> {
     }
 }
 
-fn print_table(res: &Res, items: &[Value], wide: bool, all_ns: bool) {
+/// `prefix_names`: `get deploy,svc` shows `deployment.apps/webpod` as kubectl does.
+fn print_table(res: &Res, items: &[Value], wide: bool, all_ns: bool, prefix_names: bool) {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut head: Vec<String> = headers(res, wide).into_iter().map(str::to_string).collect();
     if all_ns {
@@ -1131,6 +1133,11 @@ fn print_table(res: &Res, items: &[Value], wide: bool, all_ns: bool) {
     rows.push(head);
     for v in items {
         let mut r = table_row(res, v, wide);
+        if prefix_names && res.kind != "Event" {
+            if let Some(first) = r.first_mut() {
+                *first = format!("{}/{first}", res.display);
+            }
+        }
         if all_ns {
             r.insert(0, st(v, "/metadata/namespace").unwrap_or("").to_string());
         }
