@@ -70,6 +70,21 @@ fn svc_type(s: &Service) -> &str {
 }
 
 fn wants_node_ports(s: &Service) -> bool {
+    match svc_type(s) {
+        "NodePort" => true,
+        // `allocateLoadBalancerNodePorts: false` keeps requested ones only.
+        "LoadBalancer" => s
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.allocate_load_balancer_node_ports)
+            .unwrap_or(true),
+        _ => false,
+    }
+}
+
+/// Whether the Service may hold nodePorts at all (they are cleared
+/// otherwise).
+fn may_have_node_ports(s: &Service) -> bool {
     matches!(svc_type(s), "NodePort" | "LoadBalancer")
 }
 
@@ -153,17 +168,15 @@ pub fn allocate_services(services: &[Service], ranges: &ServiceRanges) -> Servic
                         claims.ips.insert(ip, id.clone());
                     }
                 }
-                _ => reject(
-                    &mut plan,
-                    &id,
-                    format!(
-                        "service {id}: clusterIP {text} is not an address of the service CIDR {}",
-                        ranges.service_cidr
-                    ),
-                ),
+                // Outside the range (requested so, or the CIDR changed since
+                // it was allocated): kept as it is, never moved.
+                _ => plan.warnings.push(format!(
+                    "service {id}: clusterIP {text} is not an address of the service CIDR {}; kept as is",
+                    ranges.service_cidr
+                )),
             },
         }
-        if wants_node_ports(s) {
+        if may_have_node_ports(s) {
             for p in spec.ports.iter().flatten() {
                 let Some(np) = p.node_port else { continue };
                 let pname = p.name.clone().unwrap_or_else(|| p.port.to_string());
@@ -205,6 +218,7 @@ pub fn allocate_services(services: &[Service], ranges: &ServiceRanges) -> Servic
         };
         let is_lb = svc_type(s) == "LoadBalancer";
         let node_ports = wants_node_ports(s);
+        let keep_node_ports = may_have_node_ports(s);
 
         if spec.cluster_ip.as_deref().unwrap_or_default().is_empty() {
             let first = Ipv4Addr::from(u32::from(ranges.service_cidr.network()).wrapping_add(1));
@@ -242,11 +256,11 @@ pub fn allocate_services(services: &[Service], ranges: &ServiceRanges) -> Servic
 
         let mut ports_ok = true;
         for p in spec.ports.iter_mut().flatten() {
-            if !node_ports {
+            if !keep_node_ports {
                 p.node_port = None;
                 continue;
             }
-            if p.node_port.is_some() {
+            if p.node_port.is_some() || !node_ports {
                 continue;
             }
             match NODE_PORT_RANGE

@@ -1217,3 +1217,52 @@ fn events_decode_as_core_v1_events() {
         }
     }
 }
+
+#[test]
+fn cluster_ip_outside_the_cidr_is_kept_and_lb_without_node_ports() {
+    let moved = svc(
+        "old",
+        json!({"type": "NodePort", "clusterIP": "10.50.0.7", "ports": [{"port": 80}]}),
+    );
+    let p = allocate_services(&[moved], &ServiceRanges::default());
+    assert_eq!(p.updates.len(), 1);
+    let s = &p.updates[0];
+    assert_eq!(
+        s.spec.as_ref().unwrap().cluster_ip.as_deref(),
+        Some("10.50.0.7")
+    );
+    assert_eq!(
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port,
+        Some(30000)
+    );
+    assert!(p.warnings[0].contains("default/old") && p.warnings[0].contains("kept as is"));
+
+    let ranges = ServiceRanges {
+        lb_pool: vec!["192.168.10.208/29".parse().unwrap()],
+        ..Default::default()
+    };
+    let lb = svc(
+        "lb",
+        json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}),
+    );
+    let p = allocate_services(&[lb], &ranges);
+    let s = &p.updates[0];
+    assert_eq!(
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port,
+        None
+    );
+    assert_eq!(
+        s.status
+            .as_ref()
+            .unwrap()
+            .load_balancer
+            .as_ref()
+            .unwrap()
+            .ingress
+            .as_ref()
+            .unwrap()[0]
+            .ip
+            .as_deref(),
+        Some("192.168.10.209")
+    );
+}
