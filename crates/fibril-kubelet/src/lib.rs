@@ -58,6 +58,8 @@ pub struct KubeletOptions {
     pub heartbeat_interval: Duration,
     /// SIGTERM -> SIGKILL grace.
     pub kill_grace: Duration,
+    /// etcd endpoints handed to `fibril dns` workloads (`--etcd`).
+    pub etcd: Vec<String>,
 }
 
 impl std::fmt::Debug for KubeletOptions {
@@ -81,6 +83,7 @@ impl KubeletOptions {
             poll_interval: Duration::from_millis(300),
             heartbeat_interval: Duration::from_secs(10),
             kill_grace: Duration::from_secs(2),
+            etcd: Vec::new(),
         }
     }
 }
@@ -439,7 +442,21 @@ impl Kubelet {
             netns_path: Some(&netns_path),
             labels: &labels,
         };
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let netns = if host_network {
+            fibril_lab::netns_name(&self.opts.lab, &self.opts.node)
+        } else {
+            netns
+        };
+        let node_ip = self.node_ip.to_string();
         let result: std::result::Result<String, String> = async {
+            if host_network {
+                return Ok(node_ip);
+            }
             // rtnetlink's sync API runs its own runtime: keep it off ours.
             let n = netns.clone();
             tokio::task::spawn_blocking(move || sandbox::create_netns(&n))
@@ -494,7 +511,11 @@ impl Kubelet {
             pid: 0,
             pid_start_time: 0,
             ip: ip.clone(),
-            hostname: name.clone(),
+            hostname: if host_network {
+                self.opts.node.clone()
+            } else {
+                name.clone()
+            },
             resolv_conf: files.resolv_conf.clone(),
             hostname_file: files.hostname.clone(),
             hosts_file: files.hosts.clone(),
@@ -508,13 +529,15 @@ impl Kubelet {
                 .unwrap_or_default(),
             restart_count: 0,
             started_at: String::new(),
+            host_network,
         };
         let write = |p: &PathBuf, text: String| {
             std::fs::write(p, text).map_err(|e| format!("write {}: {e}", p.display()))
         };
-        let files_ok = write(&files.resolv_conf, sandbox::resolv_conf(&ns, self.dns_ip))
-            .and_then(|_| write(&files.hostname, format!("{name}\n")))
-            .and_then(|_| write(&files.hosts, sandbox::hosts_file(&ip, &name)));
+        let hostname = record.hostname.clone();
+        let files_ok = write(&files.resolv_conf, self.pod_resolv_conf(pod))
+            .and_then(|_| write(&files.hostname, format!("{hostname}\n")))
+            .and_then(|_| write(&files.hosts, sandbox::hosts_file(&ip, &hostname)));
         if let Err(e) = files_ok {
             tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "pod files");
         }
@@ -587,10 +610,10 @@ impl Kubelet {
             .into_iter()
             .filter_map(|e| Some((e.name, e.value?)))
             .collect();
+        let argv = self.workload_argv(pod, kind, args);
         let child = sandbox::spawn_workload(&sandbox::WorkloadSpawn {
             exe: self.opts.fibril_exe.clone(),
-            kind,
-            args,
+            argv,
             env,
             netns: record.netns.clone(),
             hostname: record.hostname.clone(),
@@ -604,6 +627,86 @@ impl Kubelet {
         record.pid_start_time = fibril_lab::state::proc_start_time(pid).unwrap_or(0);
         record.started_at = time::rfc3339_now();
         Ok(child)
+    }
+
+    /// `fibril` arguments of a container: `workload KIND -- ARGS`, or for
+    /// DNS images `dns --configmap NS/CM[:KEY] [--etcd URL] -- ARGS` with the
+    /// ConfigMap of the pod's first configMap volume (the Corefile).
+    fn workload_argv(&self, pod: &Pod, kind: WorkloadKind, args: Vec<String>) -> Vec<String> {
+        let mut argv: Vec<String> = Vec::new();
+        if kind == WorkloadKind::Dns {
+            argv.push("dns".into());
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let cm = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.volumes.as_ref())
+                .and_then(|v| v.iter().find_map(|v| v.config_map.clone()));
+            if let Some(cm) = cm {
+                let key = cm
+                    .items
+                    .as_ref()
+                    .and_then(|i| i.first())
+                    .map(|i| i.key.clone())
+                    .unwrap_or_else(|| "Corefile".into());
+                argv.push("--configmap".into());
+                argv.push(format!("{ns}/{}:{key}", cm.name));
+            }
+            if !self.opts.etcd.is_empty() {
+                argv.push("--etcd".into());
+                argv.push(self.opts.etcd.join(","));
+            }
+        } else {
+            argv.push("workload".into());
+            argv.push(kind.as_str().into());
+        }
+        argv.push("--".into());
+        argv.extend(args);
+        argv
+    }
+
+    /// The resolv.conf a pod gets, by `dnsPolicy` (kubelet's rules):
+    /// `Default`, or `ClusterFirst` with `hostNetwork`, -> the node's;
+    /// `None` -> `dnsConfig` only; otherwise the cluster DNS.
+    fn pod_resolv_conf(&self, pod: &Pod) -> String {
+        let spec = pod.spec.as_ref();
+        let host_net = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let policy = spec
+            .and_then(|s| s.dns_policy.clone())
+            .unwrap_or_else(|| "ClusterFirst".into());
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        match policy.as_str() {
+            "Default" => node_resolv_conf(),
+            "ClusterFirst" if host_net => node_resolv_conf(),
+            "None" => {
+                let cfg = spec.and_then(|s| s.dns_config.clone()).unwrap_or_default();
+                let mut out = String::new();
+                let search = cfg.searches.unwrap_or_default();
+                if !search.is_empty() {
+                    out.push_str(&format!("search {}\n", search.join(" ")));
+                }
+                for n in cfg.nameservers.unwrap_or_default() {
+                    out.push_str(&format!("nameserver {n}\n"));
+                }
+                let opts: Vec<String> = cfg
+                    .options
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|o| {
+                        let n = o.name?;
+                        Some(match o.value {
+                            Some(v) => format!("{n}:{v}"),
+                            None => n,
+                        })
+                    })
+                    .collect();
+                if !opts.is_empty() {
+                    out.push_str(&format!("options {}\n", opts.join(" ")));
+                }
+                out
+            }
+            _ => sandbox::resolv_conf(ns, self.dns_ip),
+        }
     }
 
     /// A known pod: retry a failed sandbox, restart an exited workload,
@@ -739,6 +842,12 @@ impl Kubelet {
             .as_ref()
             .map(|r| r.netns.clone())
             .unwrap_or_else(|| paths::pod_netns_name(&self.opts.lab, &ns, &name));
+        if record.as_ref().is_some_and(|r| r.host_network) {
+            // The node's own namespace: nothing to undo but the files.
+            files.remove_all();
+            tracing::info!(pod = %format!("{ns}/{name}"), "host-network pod removed");
+            return;
+        }
         if let Some(r) = &record {
             let empty = BTreeMap::new();
             let netns_path = fibril_netlink::netns_path(&netns)
@@ -1004,6 +1113,11 @@ fn pod_status_matches(pod: &Pod, r: &PodRecord) -> bool {
                 c.restart_count == r.restart_count
                     && c.state.as_ref().is_some_and(|st| st.running.is_some())
             })
+}
+
+/// The node's resolv.conf (what `dnsPolicy: Default` pods get).
+fn node_resolv_conf() -> String {
+    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
 }
 
 fn os_image() -> String {

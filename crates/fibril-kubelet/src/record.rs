@@ -53,6 +53,9 @@ pub struct PodRecord {
     /// RFC 3339 time the current workload process started.
     #[serde(default)]
     pub started_at: String,
+    /// `hostNetwork: true`: the node's namespace, no CNI, nothing to delete.
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 /// `<ns>_<pod>`: the base name of every file of a pod.
@@ -194,6 +197,7 @@ mod tests {
             image: "nginx".into(),
             restart_count: 0,
             started_at: String::new(),
+            host_network: false,
         };
         r.save(&files.record).unwrap();
         assert_eq!(PodRecord::load(&files.record).unwrap(), r);

@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{KubeletError, Result};
-use crate::workload::WorkloadKind;
 
 /// Name of the CNI network and plugin type the pod runner configures.
 pub const CNI_NETWORK: &str = "fibril";
@@ -201,7 +200,7 @@ pub fn delete_netns(name: &str) -> Result<()> {
     })
 }
 
-/// The per-pod resolv.conf.
+/// The per-pod resolv.conf of a `ClusterFirst` pod.
 pub fn resolv_conf(namespace: &str, dns_ip: std::net::Ipv4Addr) -> String {
     format!(
         "search {namespace}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {dns_ip}\noptions ndots:5\n"
@@ -220,9 +219,8 @@ pub fn hosts_file(ip: &str, hostname: &str) -> String {
 pub struct WorkloadSpawn {
     /// The `fibril` binary.
     pub exe: PathBuf,
-    pub kind: WorkloadKind,
-    /// Container command + args, passed after `--`.
-    pub args: Vec<String>,
+    /// Arguments of `exe` (`workload KIND -- ARGS` or `dns ...`).
+    pub argv: Vec<String>,
     /// Container environment (on top of PATH/HOME/HOSTNAME).
     pub env: Vec<(String, String)>,
     /// Pod network namespace name.
@@ -239,7 +237,7 @@ fn cstr(p: &Path) -> io::Result<CString> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-/// Starts `fibril workload <kind> -- ARGS` in the pod: the child enters the
+/// Starts `fibril <argv>` (e.g. `workload whoami -- ARGS`) in the pod: the child enters the
 /// pod's network namespace, gets new UTS and mount namespaces (hostname =
 /// pod name; `/` made recursively private before anything is mounted, so
 /// nothing propagates back; resolv.conf, hostname and hosts bind-mounted
@@ -280,10 +278,7 @@ pub fn spawn_workload(spec: &WorkloadSpawn) -> Result<Child> {
     let hostname = spec.hostname.clone().into_bytes();
 
     let mut cmd = Command::new(&spec.exe);
-    cmd.arg("workload")
-        .arg(spec.kind.as_str())
-        .arg("--")
-        .args(&spec.args)
+    cmd.args(&spec.argv)
         .env_clear()
         .env(
             "PATH",

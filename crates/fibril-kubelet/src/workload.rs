@@ -8,6 +8,7 @@
 //! | `traefik/whoami`                                           | whoami   |
 //! | `nginx`                                                    | nginx    |
 //! | `nicolaka/netshoot`, `curlimages/curl`, `busybox`, `alpine` | idle     |
+//! | `coredns/coredns`, `dns/k8s-dns-node-cache`                 | `fibril dns` (not `workload`) |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,8 @@ pub enum WorkloadKind {
     Nginx,
     /// Tool images: sleep until SIGTERM (tools run through `fibril exec`).
     Idle,
+    /// CoreDNS / node-local DNS: runs `fibril dns` (see the pod runner).
+    Dns,
 }
 
 impl WorkloadKind {
@@ -33,6 +36,7 @@ impl WorkloadKind {
             WorkloadKind::Whoami => "whoami",
             WorkloadKind::Nginx => "nginx",
             WorkloadKind::Idle => "idle",
+            WorkloadKind::Dns => "dns",
         }
     }
 
@@ -81,6 +85,9 @@ pub fn workload_for_image(image: &str) -> Option<WorkloadKind> {
         "traefik/whoami" => Some(WorkloadKind::Whoami),
         "nginx" | "nginxinc/nginx-unprivileged" => Some(WorkloadKind::Nginx),
         "nicolaka/netshoot" | "curlimages/curl" | "busybox" | "alpine" => Some(WorkloadKind::Idle),
+        r if r == "coredns" || r.ends_with("/coredns") || r.ends_with("k8s-dns-node-cache") => {
+            Some(WorkloadKind::Dns)
+        }
         _ => None,
     }
 }
@@ -128,6 +135,10 @@ pub fn run(kind: WorkloadKind, args: &[String]) -> std::io::Result<()> {
                 }
                 WorkloadKind::Nginx => serve_http(80, Responder::Nginx).await,
                 WorkloadKind::Idle => std::future::pending().await,
+                WorkloadKind::Dns => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "DNS images run `fibril dns`, not `fibril workload`",
+                )),
             }
         };
         tokio::select! {
@@ -432,6 +443,14 @@ mod tests {
             ("curlimages/curl:8.1.0", Some(WorkloadKind::Idle)),
             ("localhost:5000/busybox:1.36", Some(WorkloadKind::Idle)),
             ("alpine:3", Some(WorkloadKind::Idle)),
+            (
+                "registry.k8s.io/coredns/coredns:v1.12.0",
+                Some(WorkloadKind::Dns),
+            ),
+            (
+                "registry.k8s.io/dns/k8s-dns-node-cache:1.26.4",
+                Some(WorkloadKind::Dns),
+            ),
             ("example/unknown:1", None),
         ] {
             assert_eq!(workload_for_image(img), kind, "{img}");

@@ -271,6 +271,11 @@ fn pod_runner_on_the_fabric() {
             "example.com/nope/unknown:1",
             json!({}),
         ),
+        {
+            let mut p = pod("host-nginx", "k8s-w1", "nginx:1.27", json!({}));
+            p.spec.as_mut().unwrap().host_network = Some(true);
+            p
+        },
     ] {
         block(store.create_as(&p)).unwrap();
     }
@@ -342,6 +347,19 @@ fn pod_runner_on_the_fabric() {
     });
     eprintln!("curl web-w1 across nodes: {cross:?}");
     assert!(cross.is_some(), "curl-pod -> web-w1:8080 across nodes");
+    // hostNetwork: the node's namespace and IP, no CNI.
+    let host_ip = eventually(Duration::from_secs(30), || running_ip(&store, "host-nginx"))
+        .expect("host-nginx Running");
+    assert_eq!(host_ip, "192.168.10.101");
+    let (code, out, err) = exec(
+        &lab,
+        "curl-pod",
+        &["curl", "-s", "--max-time", "5", "http://192.168.10.101/"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Welcome to nginx!"), "{out}");
+    let (code, out, _) = exec(&lab, "host-nginx", &["hostname"]);
+    assert_eq!((code, out.trim()), (0, "k8s-w1"));
     let (code, out, _) = exec(&lab, "curl-pod", &["hostname"]);
     assert_eq!((code, out.trim()), (0, "curl-pod"));
     let (code, out, _) = exec(&lab, "curl-pod", &["cat", "/etc/resolv.conf"]);
@@ -508,6 +526,17 @@ fn pod_runner_on_the_fabric() {
         "curl-pod sandbox removed after the object vanished"
     );
     assert!(!Path::new("/run/netns").join(&rec.netns).exists());
+
+    // Deleting the host-network pod leaves the node's namespace alone.
+    let rec = record(&lab, "host-nginx").unwrap();
+    block(store.delete_as::<Pod>(Some("default"), "host-nginx", None)).unwrap();
+    let cleaned = eventually(Duration::from_secs(15), || {
+        (record(&lab, "host-nginx").is_none() && !rec.is_running()).then_some(())
+    });
+    assert!(cleaned.is_some(), "host-nginx stopped");
+    assert!(Path::new("/run/netns")
+        .join(netns_name(&lab, "k8s-w1"))
+        .exists());
 
     ctr.stop().unwrap();
     w1.stop().unwrap();

@@ -24,7 +24,9 @@ pub fn run(args: KubeletArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let store = args.store.require("the pod runner").await?;
         tracing::info!(lab = %args.lab, node = %args.node, "pod runner starting");
-        let opts = KubeletOptions::new(&args.lab, &args.node, store);
+        let mut opts = KubeletOptions::new(&args.lab, &args.node, store);
+        // DNS pods (`fibril dns`) read their Corefile and the cluster from the same store.
+        opts.etcd = args.store.etcd.clone();
         fibril_kubelet::run(opts, shutdown_signal())
             .await
             .with_context(|| format!("pod runner of node {} in lab {}", args.node, args.lab))
