@@ -332,8 +332,75 @@ fn lab_cluster_up_get_apply_upgrade_down() {
                 Err(p)
             }
         });
+        eprintln!("{}", ok(&["get", "pods", "-o", "wide", l[0], l[1]]));
         let d = ok(&["describe", "pod", "curl-pod", l[0], l[1]]);
         assert!(d.contains("Node:") && d.contains("k8s-ctr"), "{d}");
+        assert!(d.contains("Events:") && d.contains("Started"), "{d}");
+
+        // curl-pod reaches a webpod replica on the other node.
+        let w1_ip = ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=webpod",
+            "--field-selector",
+            "spec.nodeName=k8s-w1",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+            l[0],
+            l[1],
+        ]);
+        assert!(w1_ip.starts_with("10.244."), "{w1_ip:?}");
+        let hello = ok(&[
+            "exec",
+            "curl-pod",
+            l[0],
+            l[1],
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            &w1_ip,
+        ]);
+        assert!(hello.contains("Hostname: webpod-"), "{hello}");
+
+        // scale, rollout restart, delete (the kubelet removes the pod).
+        assert!(ok(&[
+            "scale",
+            "deployment",
+            "webpod",
+            "--replicas",
+            "3",
+            l[0],
+            l[1]
+        ])
+        .contains("deployment.apps/webpod scaled"));
+        eventually(60, || {
+            let p = ok(&["get", "pods", "-l", "app=webpod", l[0], l[1]]);
+            let running = p.lines().filter(|x| x.contains("Running")).count();
+            if running == 3 {
+                Ok(())
+            } else {
+                Err(p)
+            }
+        });
+        assert!(ok(&["rollout", "restart", "deployment/webpod", l[0], l[1]])
+            .contains("deployment.apps/webpod restarted"));
+        let ann = ok(&[
+            "get",
+            "deploy",
+            "webpod",
+            "-o",
+            "jsonpath={.spec.template.metadata.annotations}",
+            l[0],
+            l[1],
+        ]);
+        assert!(ann.contains("kubectl.kubernetes.io/restartedAt"), "{ann}");
+        let del = ok(&["delete", "pod", "curl-pod", "--timeout", "30", l[0], l[1]]);
+        assert!(del.contains("pod \"curl-pod\" deleted"), "{del}");
+        let gone = fibril(&["get", "pod", "curl-pod", l[0], l[1]]);
+        assert!(!gone.status.success(), "{}", text(&gone));
     }
 
     // upgrade: new config stored, every agent restarted.
