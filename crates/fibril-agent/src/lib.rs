@@ -36,6 +36,7 @@
 
 pub mod api;
 pub mod format;
+mod garp;
 pub mod ipam;
 pub mod metrics;
 mod node;

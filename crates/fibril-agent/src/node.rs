@@ -967,6 +967,16 @@ impl NodeState {
                 Ok(()) => {
                     info!(%ip, "announcing LoadBalancer IP");
                     svc.announced.insert(*ip);
+                    // Neighbours that learnt another node's MAC for it
+                    // (announcer moved) update at once.
+                    let r = NetNs::open(&self.netns).map(|ns| {
+                        crate::garp::send(&ns, &self.underlay_device, self.underlay.mac, *ip)
+                    });
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => warn!(%ip, error = %e, "gratuitous ARP"),
+                        Err(e) => warn!(%ip, error = %e, "gratuitous ARP"),
+                    }
                 }
                 Err(e) if e.is_errno(libc::EEXIST) => {
                     svc.announced.insert(*ip);

@@ -32,6 +32,7 @@ const PIN_ROOT: &str = "/sys/fs/bpf/fibril-test";
 const CIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 240);
 const CTR_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 100);
+const W1_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 101);
 
 /// TCP server answering `<name> <peer ip>` per connection; a client printing
 /// one answer per connection (`-` on failure).
@@ -242,6 +243,28 @@ fn names(ns: &TestNetns, script: &Path, dst: Ipv4Addr, port: u16, n: u32) -> Vec
         .collect()
 }
 
+/// `(backend name, peer IP seen by the backend)` of `n` connections.
+fn answers(
+    ns: &TestNetns,
+    script: &Path,
+    dst: Ipv4Addr,
+    port: u16,
+    n: u32,
+) -> Vec<(String, Option<Ipv4Addr>)> {
+    let out = ns.sh_output(&format!(
+        "{PY} {} client {dst} {port} {n}",
+        script.display()
+    ));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut it = l.split_whitespace();
+            let name = it.next().unwrap_or("-").to_string();
+            (name, it.next().and_then(|p| p.parse().ok()))
+        })
+        .collect()
+}
+
 /// Waits until every answer is in `want` (and all of `want` show up).
 fn until_only(ns: &TestNetns, script: &Path, dst: Ipv4Addr, port: u16, want: &[&str], what: &str) {
     let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
@@ -340,7 +363,7 @@ fn services_follow_the_store() {
     let ctr_opts = opts("k8s-ctr");
     let w1_opts = opts("k8s-w1");
     let mut ctr = Agent::start(ctr_opts.clone());
-    let _w1 = Agent::start(w1_opts.clone());
+    let w1 = Agent::start(w1_opts.clone());
     eprintln!("agents ready after {:?}", t0.elapsed());
 
     // Pods: client and s2 on k8s-ctr, s1 on k8s-w1.
@@ -416,7 +439,7 @@ fn services_follow_the_store() {
     );
     let st = ctr.client().status().unwrap();
     assert_eq!(st.announced, vec![LB_IP], "{st:?}");
-    let st_w1 = _w1.client().status().unwrap();
+    let st_w1 = w1.client().status().unwrap();
     assert!(st_w1.announced.is_empty(), "{st_w1:?}");
     eprintln!("LoadBalancer ok ({:?})", t0.elapsed());
 
@@ -459,6 +482,37 @@ fn services_follow_the_store() {
         .unwrap();
     until_only(&client, &script, CIP, 80, &["s1"], "LRP fallback");
     eprintln!("LRP ok ({:?})", t0.elapsed());
+
+    // externalTrafficPolicy=Local: only k8s-w1 (with s1) serves NodePort
+    // and LB IP from outside, with the client IP preserved; the LB IP moves
+    // to k8s-w1 (gratuitous ARP updates the router at once).
+    let mut local = service(true);
+    local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+    rt.block_on(store.put_as(&local)).unwrap();
+    let moved = eventually(Duration::from_secs(10), || {
+        let a = ctr.client().status().ok()?.announced;
+        let b = w1.client().status().ok()?.announced;
+        (a.is_empty() && b == vec![LB_IP]).then_some(())
+    });
+    assert!(moved.is_some(), "LB IP announced by k8s-w1 with eTP=Local");
+    let router_ip = Ipv4Addr::new(192, 168, 10, 200);
+    for dst in [LB_IP, W1_IP] {
+        let port = if dst == LB_IP { 80 } else { 31080 };
+        let mut last = Vec::new();
+        let ok = eventually(Duration::from_secs(10), || {
+            last = answers(&router, &script, dst, port, 4);
+            last.iter()
+                .all(|(n, peer)| n == "s1" && *peer == Some(router_ip))
+                .then_some(())
+        });
+        assert!(ok.is_some(), "eTP=Local {dst}:{port}: {last:?}");
+    }
+    let none = names(&router, &script, CTR_IP, 31080, 2);
+    assert!(
+        none.iter().all(|n| n == "-"),
+        "eTP=Local: k8s-ctr has no local backend: {none:?}"
+    );
+    eprintln!("eTP=Local ok ({:?})", t0.elapsed());
 
     // Debug API on real data.
     let c = ctr.client();
