@@ -637,20 +637,9 @@ impl Kubelet {
         if kind == WorkloadKind::Dns {
             argv.push("dns".into());
             let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-            let cm = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.volumes.as_ref())
-                .and_then(|v| v.iter().find_map(|v| v.config_map.clone()));
-            if let Some(cm) = cm {
-                let key = cm
-                    .items
-                    .as_ref()
-                    .and_then(|i| i.first())
-                    .map(|i| i.key.clone())
-                    .unwrap_or_else(|| "Corefile".into());
+            if let Some((cm, key)) = corefile_configmap(pod) {
                 argv.push("--configmap".into());
-                argv.push(format!("{ns}/{}:{key}", cm.name));
+                argv.push(format!("{ns}/{cm}:{key}"));
             }
             if !self.opts.etcd.is_empty() {
                 argv.push("--etcd".into());
@@ -665,6 +654,16 @@ impl Kubelet {
         argv
     }
 
+    /// The node's resolv.conf (what `dnsPolicy: Default` pods get):
+    /// `paths::node_dir(lab, node)/resolv.conf` when the lab wrote one (e.g.
+    /// pointing at an upstream DNS inside the lab), else the machine's.
+    fn node_resolv_conf(&self) -> String {
+        let lab_file = paths::node_dir(&self.opts.lab, &self.opts.node).join("resolv.conf");
+        std::fs::read_to_string(lab_file)
+            .or_else(|_| std::fs::read_to_string("/etc/resolv.conf"))
+            .unwrap_or_default()
+    }
+
     /// The resolv.conf a pod gets, by `dnsPolicy` (kubelet's rules):
     /// `Default`, or `ClusterFirst` with `hostNetwork`, -> the node's;
     /// `None` -> `dnsConfig` only; otherwise the cluster DNS.
@@ -676,8 +675,8 @@ impl Kubelet {
             .unwrap_or_else(|| "ClusterFirst".into());
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         match policy.as_str() {
-            "Default" => node_resolv_conf(),
-            "ClusterFirst" if host_net => node_resolv_conf(),
+            "Default" => self.node_resolv_conf(),
+            "ClusterFirst" if host_net => self.node_resolv_conf(),
             "None" => {
                 let cfg = spec.and_then(|s| s.dns_config.clone()).unwrap_or_default();
                 let mut out = String::new();
@@ -1091,6 +1090,39 @@ impl Kubelet {
     }
 }
 
+/// (ConfigMap, key) holding a DNS pod's Corefile: the configMap volume with
+/// a `Corefile` item (node-local-dns also mounts the optional kube-dns one),
+/// else the volume named config-volume, else the first configMap volume.
+pub fn corefile_configmap(pod: &Pod) -> Option<(String, String)> {
+    let vols: Vec<_> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| v.config_map.is_some())
+        .collect();
+    let has_corefile = |v: &&fibril_api::k8s_openapi::api::core::v1::Volume| {
+        v.config_map
+            .as_ref()
+            .and_then(|c| c.items.as_ref())
+            .is_some_and(|i| i.iter().any(|i| i.key == "Corefile"))
+    };
+    let cm = vols
+        .iter()
+        .find(has_corefile)
+        .or_else(|| vols.iter().find(|v| v.name == "config-volume"))
+        .or_else(|| vols.first())
+        .and_then(|v| v.config_map.clone())?;
+    let key = cm
+        .items
+        .as_ref()
+        .and_then(|i| i.iter().find(|i| i.key == "Corefile").or(i.first()))
+        .map(|i| i.key.clone())
+        .unwrap_or_else(|| "Corefile".into());
+    Some((cm.name, key))
+}
+
 fn first_container_name(pod: &Pod) -> String {
     pod.spec
         .as_ref()
@@ -1115,11 +1147,6 @@ fn pod_status_matches(pod: &Pod, r: &PodRecord) -> bool {
             })
 }
 
-/// The node's resolv.conf (what `dnsPolicy: Default` pods get).
-fn node_resolv_conf() -> String {
-    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-}
-
 fn os_image() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
@@ -1136,4 +1163,47 @@ fn kernel_version() -> String {
         .ok()
         .and_then(|u| u.release().to_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pod_with_volumes(v: Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "kube-system"},
+            "spec": {"containers": [{"name": "c", "image": "coredns/coredns:1.11.3"}], "volumes": v},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn corefile_configmap_picks_the_corefile_volume() {
+        let coredns = pod_with_volumes(json!([
+            {"name": "config-volume", "configMap": {"name": "coredns",
+              "items": [{"key": "Corefile", "path": "Corefile"}]}}
+        ]));
+        assert_eq!(
+            corefile_configmap(&coredns),
+            Some(("coredns".into(), "Corefile".into()))
+        );
+        let nodelocal = pod_with_volumes(json!([
+            {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock"}},
+            {"name": "kube-dns-config", "configMap": {"name": "kube-dns", "optional": true}},
+            {"name": "config-volume", "configMap": {"name": "node-local-dns",
+              "items": [{"key": "Corefile", "path": "Corefile.base"}]}}
+        ]));
+        assert_eq!(
+            corefile_configmap(&nodelocal),
+            Some(("node-local-dns".into(), "Corefile".into()))
+        );
+        assert_eq!(corefile_configmap(&pod_with_volumes(json!([]))), None);
+    }
+
+    #[test]
+    fn container_ids_are_uid_based() {
+        assert_eq!(container_id("3f2a-11-ab", "default", "web"), "3f2a11ab");
+        assert_eq!(container_id("", "default", "web"), "default-web");
+    }
 }
