@@ -65,6 +65,10 @@ pub struct Snapshot {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Stored objects of these kinds that do not decode, and why. Pods owned
+    /// by an undecodable Deployment/DaemonSet are not treated as orphans and
+    /// slices of an undecodable Service are kept.
+    pub undecodable: Vec<(ObjectKey, String)>,
 }
 
 /// An object to write.
@@ -258,6 +262,15 @@ pub fn reconcile(
     rng: &mut fastrand::Rng,
 ) -> Plan {
     let mut plan = Plan::default();
+    for (key, why) in &snap.undecodable {
+        plan.warnings
+            .push(format!("{key} cannot be decoded ({why}); it is ignored"));
+    }
+    let unknown = |kind: &str, ns: &str, name: &str| {
+        snap.undecodable
+            .iter()
+            .any(|(k, _)| k.kind == kind && k.namespace.as_deref() == Some(ns) && k.name == name)
+    };
 
     // 1. Namespaces.
     for ns in SYSTEM_NAMESPACES {
@@ -296,6 +309,14 @@ pub fn reconcile(
     deletes.extend(
         workload::orphaned_pods(&snap.pods, &snap.deployments, &snap.daemonsets)
             .into_iter()
+            .filter(|p| {
+                let ns = select::namespace_of(&p.metadata);
+                !p.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| unknown(&o.kind, ns, &o.name))
+            })
             .cloned(),
     );
     let mut deleted: HashSet<ObjectKey> = HashSet::new();

@@ -34,11 +34,13 @@ fn safe_encode(s: &str) -> String {
 /// The `pod-template-hash` of a pod template: stable across processes
 /// (serde_json of the k8s-openapi struct is deterministic: struct fields in
 /// declaration order, maps are `BTreeMap`s), 8-10 characters in practice
-/// (the decimal form of a u32, encoded), e.g. `5d59d67564`.
+/// (the decimal form of a u32, encoded), e.g. `5d59d67564`: always 8-10
+/// characters (Kubernetes does not pad; the 0.2% of hashes below 10^7 are
+/// zero-padded here so names keep their shape).
 pub fn template_hash(template: &PodTemplateSpec) -> String {
     // Serialising a k8s-openapi struct cannot fail (no non-string map keys).
     let text = serde_json::to_string(template).unwrap_or_default();
-    safe_encode(&fnv1a32(text.as_bytes()).to_string())
+    safe_encode(&format!("{:08}", fnv1a32(text.as_bytes())))
 }
 
 /// A random 5-character suffix (`rand.String(5)`).
@@ -75,7 +77,7 @@ mod tests {
     fn hash_is_stable_and_k8s_shaped() {
         let a = template_hash(&template("web"));
         assert_eq!(a, template_hash(&template("web")));
-        assert!((6..=10).contains(&a.len()), "{a}");
+        assert!((8..=10).contains(&a.len()), "{a}");
         assert!(a.bytes().all(|b| ALPHABET.contains(&b)), "{a}");
         assert_ne!(a, template_hash(&template("other")));
         // Pinned: a change here renames every pod of every running lab.

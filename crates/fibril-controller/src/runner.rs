@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use fibril_api::Resource;
+use fibril_api::{ObjectKey, Resource};
 use fibril_store::{SharedStore, StoreError, StoreExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tracing::{debug, info, trace, warn};
@@ -64,16 +64,34 @@ pub async fn run(
     run_with(store, ControllerOptions::default(), shutdown).await
 }
 
+/// All objects of `R`'s kind; objects that do not decode are left out and
+/// named in `snap.undecodable` (one bad object must not stop the loop).
+async fn list_kind<R: Resource>(
+    store: &SharedStore,
+    undecodable: &mut Vec<(ObjectKey, String)>,
+) -> Result<Vec<R>, StoreError> {
+    let list = store.list(R::KIND, None).await?;
+    let mut out = Vec::with_capacity(list.items.len());
+    for o in list.items {
+        match serde_json::from_value::<R>(o.value) {
+            Ok(v) => out.push(v),
+            Err(e) => undecodable.push((o.key, e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
 async fn snapshot(store: &SharedStore) -> Result<Snapshot, StoreError> {
     // Owners before pods: a pod is only ever created for an owner already
     // seen, so no pod looks orphaned because its owner was listed later.
-    let namespaces = store.list_as(None).await?.items;
-    let nodes = store.list_as(None).await?.items;
-    let deployments = store.list_as(None).await?.items;
-    let daemonsets = store.list_as(None).await?.items;
-    let services = store.list_as(None).await?.items;
-    let pods = store.list_as(None).await?.items;
-    let endpoint_slices = store.list_as(None).await?.items;
+    let mut bad = Vec::new();
+    let namespaces = list_kind(store, &mut bad).await?;
+    let nodes = list_kind(store, &mut bad).await?;
+    let deployments = list_kind(store, &mut bad).await?;
+    let daemonsets = list_kind(store, &mut bad).await?;
+    let services = list_kind(store, &mut bad).await?;
+    let pods = list_kind(store, &mut bad).await?;
+    let endpoint_slices = list_kind(store, &mut bad).await?;
     Ok(Snapshot {
         namespaces,
         nodes,
@@ -82,6 +100,7 @@ async fn snapshot(store: &SharedStore) -> Result<Snapshot, StoreError> {
         pods,
         services,
         endpoint_slices,
+        undecodable: bad,
     })
 }
 

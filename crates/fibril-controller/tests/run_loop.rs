@@ -161,6 +161,26 @@ async fn scenario(opts: ControllerOptions) {
         store.create(&key, value).await.unwrap();
     }
 
+    // An object that does not decode must not stop the loop, nor make the
+    // pods it owns look orphaned.
+    let bad = fibril_api::ObjectKey::new("Deployment", Some("default"), "broken");
+    store
+        .create(
+            &bad,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "broken", "namespace": "default", "uid": "b-1"},
+            "spec": {"replicas": "two"}}),
+        )
+        .await
+        .unwrap();
+    let owned: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "broken-1234567890-abcde", "namespace": "default",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "broken", "uid": "b-1"}]},
+        "spec": {"nodeName": "k8s-ctr", "containers": [{"name": "c", "image": "nginx"}]}
+    }))
+    .unwrap();
+    store.create_as(&owned).await.unwrap();
+
     let seen_terminating = Arc::new(Mutex::new(Vec::new()));
     let kubelet = spawn_kubelet(store.clone(), seen_terminating.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
