@@ -194,6 +194,9 @@ pub struct StatusResponse {
     /// Routing mode (`native` / `tunnel`).
     #[serde(default)]
     pub routing_mode: String,
+    /// Cluster store reachability: `Ok` or `Disconnected: <error>`.
+    #[serde(default)]
+    pub store: String,
 }
 
 /// One line of `endpoint list`.

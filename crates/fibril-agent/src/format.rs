@@ -26,7 +26,12 @@ fn kv(out: &mut String, label: &str, value: &str) {
 pub fn format_status(s: &StatusResponse, verbose: bool, all_addresses: bool) -> String {
     let mut out = String::new();
     kv(&mut out, "KVStore", "Disabled");
-    kv(&mut out, "Kubernetes", "Ok   (cluster store)");
+    let store = if s.store.is_empty() { "Ok" } else { &s.store };
+    kv(
+        &mut out,
+        "Kubernetes",
+        &format!("{store}   (cluster store)"),
+    );
     kv(&mut out, "KubeProxyReplacement", &s.kube_proxy_replacement);
     kv(&mut out, "Host firewall", "Disabled");
     kv(&mut out, "Fibril", &format!("Ok   node {}", s.node));

@@ -738,6 +738,7 @@ impl NodeState {
                 .map(|d| d.to_string())
                 .unwrap_or_else(|e| format!("unavailable: {e}")),
             routing_mode: self.config.routing_mode.to_string(),
+            store: String::new(),
         }
     }
 

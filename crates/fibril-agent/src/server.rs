@@ -134,7 +134,17 @@ async fn healthz(State(ctx): State<Ctx>) -> Response {
 }
 
 async fn status(State(ctx): State<Ctx>) -> Result<Response, Failure> {
-    let s = with_state(&ctx, |st| Ok(st.status())).await?;
+    let mut s = with_state(&ctx, |st| Ok(st.status())).await?;
+    let probe = tokio::time::timeout(
+        Duration::from_secs(2),
+        ctx.opts.store.list("FibrilNode", None),
+    )
+    .await;
+    s.store = match probe {
+        Ok(Ok(_)) => "Ok".into(),
+        Ok(Err(e)) => format!("Disconnected: {e}"),
+        Err(_) => "Disconnected: no answer within 2s".into(),
+    };
     Ok(Json(s).into_response())
 }
 
