@@ -187,7 +187,7 @@ fn upstreams(list: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
 async fn service_ip(store: &SharedStore, ns: &str, name: &str) -> anyhow::Result<IpAddr> {
     let key = ObjectKey::new("Service", Some(ns), name);
     let start = Instant::now();
-    let mut said = Instant::now() - Duration::from_secs(60);
+    let mut said: Option<Instant> = None;
     loop {
         let obj = store
             .get(&key)
@@ -202,17 +202,38 @@ async fn service_ip(store: &SharedStore, ns: &str, name: &str) -> anyhow::Result
         if let Some(ip) = ip {
             return Ok(ip);
         }
-        if said.elapsed() >= Duration::from_secs(10) {
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             tracing::warn!(
                 service = %format!("{ns}/{name}"),
                 waited = ?start.elapsed(),
                 exists = obj.is_some(),
                 "dns: waiting for the cluster DNS Service's ClusterIP"
             );
-            said = Instant::now();
+            said = Some(Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Waits (saying so every 10 s) until ConfigMap `ns/name` exists: a pod may
+/// start before its ConfigMap is applied, as a real pod waits for its volume.
+async fn wait_for_configmap(store: &SharedStore, ns: &str, name: &str) -> anyhow::Result<()> {
+    let key = ObjectKey::new("ConfigMap", Some(ns), name);
+    let start = Instant::now();
+    let mut said: Option<Instant> = None;
+    while store
+        .get(&key)
+        .await
+        .with_context(|| format!("read ConfigMap {ns}/{name}"))?
+        .is_none()
+    {
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(configmap = %format!("{ns}/{name}"), waited = ?start.elapsed(), "dns: waiting for the Corefile ConfigMap");
+            said = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
 }
 
 pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
@@ -251,6 +272,7 @@ pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
                 let store = store
                     .clone()
                     .context("--configmap needs the cluster store: pass --etcd URL or set FIBRIL_ETCD")?;
+                wait_for_configmap(&store, &namespace, &name).await?;
                 CorefileSource::ConfigMap {
                     store,
                     namespace,
