@@ -208,7 +208,7 @@ fn session(
     if !nix::unistd::geteuid().is_root() {
         bail!("talking to the lab cluster needs root (it enters the lab's network namespace)");
     }
-    fibril_lab::cluster::enter_and_runtime(lab).with_context(|| format!("lab {lab}"))
+    Ok(fibril_lab::cluster::enter_and_runtime(lab)?)
 }
 
 fn now_unix() -> i64 {
@@ -1392,6 +1392,7 @@ pub fn describe(a: DescribeArgs) -> anyhow::Result<ExitCode> {
             }
             let text = match res.kind.as_str() {
                 "Pod" => describe_pod(v),
+                "ConfigMap" => describe_configmap(v),
                 _ => describe_generic(v),
             };
             print!("{text}");
@@ -1589,6 +1590,43 @@ fn multi_kv(v: Option<&Value>, indent: usize) -> String {
             .join(&format!("\n{}", " ".repeat(indent))),
         _ => "<none>".into(),
     }
+}
+
+fn describe_configmap(v: &Value) -> String {
+    let mut o = String::new();
+    field(&mut o, 0, "Name", &name_of(v));
+    field(
+        &mut o,
+        0,
+        "Namespace",
+        st(v, "/metadata/namespace").unwrap_or("default"),
+    );
+    field(
+        &mut o,
+        0,
+        "Labels",
+        &multi_kv(v.pointer("/metadata/labels"), 18),
+    );
+    field(
+        &mut o,
+        0,
+        "Annotations",
+        &multi_kv(v.pointer("/metadata/annotations"), 18),
+    );
+    o.push_str("\nData\n====\n");
+    for (k, val) in v
+        .get("data")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        o.push_str(&format!(
+            "{k}:\n----\n{}\n\n",
+            val.as_str().unwrap_or_default()
+        ));
+    }
+    o.push_str("\nBinaryData\n====\n\n");
+    o
 }
 
 fn describe_generic(v: &Value) -> String {
@@ -1905,6 +1943,25 @@ pub fn rollout(c: RolloutCommand) -> anyhow::Result<ExitCode> {
                 "daemonset.apps/{} restarted",
                 names.first().map(String::as_str).unwrap_or("fibril")
             );
+        }
+        "Deployment"
+            if names
+                .iter()
+                .all(|n| n == "cilium-operator" || n == "fibril-operator") =>
+        {
+            // The operator is a lab process, not a Deployment object.
+            if !nix::unistd::geteuid().is_root() {
+                bail!("rollout restart of the operator needs root (it restarts a lab process)");
+            }
+            let p = fibril_lab::cluster::restart_component(
+                &a.lab.lab,
+                "operator",
+                Duration::from_secs(90),
+            )?;
+            println!("  ✓ operator restarted (pid {})", p.pid);
+            for n in &names {
+                println!("deployment.apps/{n} restarted");
+            }
         }
         "Deployment" => {
             let ns = a.namespace.clone().unwrap_or_else(|| "default".into());
