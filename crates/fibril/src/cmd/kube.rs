@@ -1393,6 +1393,7 @@ pub fn describe(a: DescribeArgs) -> anyhow::Result<ExitCode> {
             let text = match res.kind.as_str() {
                 "Pod" => describe_pod(v),
                 "ConfigMap" => describe_configmap(v),
+                "Node" => describe_node(v),
                 _ => describe_generic(v),
             };
             print!("{text}");
@@ -1590,6 +1591,118 @@ fn multi_kv(v: Option<&Value>, indent: usize) -> String {
             .join(&format!("\n{}", " ".repeat(indent))),
         _ => "<none>".into(),
     }
+}
+
+fn describe_node(v: &Value) -> String {
+    let mut o = String::new();
+    field(&mut o, 0, "Name", &name_of(v));
+    let roles: Vec<String> = v
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| {
+            k.strip_prefix("node-role.kubernetes.io/")
+                .map(str::to_string)
+        })
+        .collect();
+    field(&mut o, 0, "Roles", &or_none(Some(roles.join(","))));
+    field(
+        &mut o,
+        0,
+        "Labels",
+        &multi_kv(v.pointer("/metadata/labels"), 18),
+    );
+    field(
+        &mut o,
+        0,
+        "Annotations",
+        &multi_kv(v.pointer("/metadata/annotations"), 18),
+    );
+    if let Some(t) = st(v, "/metadata/creationTimestamp") {
+        field(&mut o, 0, "CreationTimestamp", t);
+    }
+    let unsched = v.pointer("/spec/unschedulable") == Some(&json!(true));
+    field(
+        &mut o,
+        0,
+        "Unschedulable",
+        if unsched { "true" } else { "false" },
+    );
+    o.push_str("Conditions:\n");
+    let mut rows = vec![["Type", "Status", "LastHeartbeatTime", "Reason", "Message"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()];
+    rows.push(
+        ["----", "------", "-----------------", "------", "-------"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    );
+    for c in v
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        rows.push(
+            [
+                "/type",
+                "/status",
+                "/lastHeartbeatTime",
+                "/reason",
+                "/message",
+            ]
+            .iter()
+            .map(|p| st(c, p).unwrap_or("").to_string())
+            .collect(),
+        );
+    }
+    for line in format_table_sep(&rows, 2).lines() {
+        o.push_str(&format!("  {line}\n"));
+    }
+    o.push_str("Addresses:\n");
+    for a in v
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        o.push_str(&format!(
+            "  {}:  {}\n",
+            st(a, "/type").unwrap_or(""),
+            st(a, "/address").unwrap_or("")
+        ));
+    }
+    if let Some(info) = v.pointer("/status/nodeInfo").and_then(Value::as_object) {
+        o.push_str("System Info:\n");
+        for (k, label) in [
+            ("kernelVersion", "Kernel Version"),
+            ("osImage", "OS Image"),
+            ("containerRuntimeVersion", "Container Runtime Version"),
+            ("kubeletVersion", "Kubelet Version"),
+        ] {
+            if let Some(x) = info.get(k).and_then(Value::as_str) {
+                field(&mut o, 2, label, x);
+            }
+        }
+    }
+    field(
+        &mut o,
+        0,
+        "PodCIDR",
+        st(v, "/spec/podCIDR").unwrap_or("<none>"),
+    );
+    let cidrs: Vec<&str> = v
+        .pointer("/spec/podCIDRs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    field(&mut o, 0, "PodCIDRs", &or_none(Some(cidrs.join(","))));
+    o
 }
 
 fn describe_configmap(v: &Value) -> String {
