@@ -272,6 +272,14 @@ impl Kubelet {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             seen.insert(key.clone());
             if pod.metadata.deletion_timestamp.is_some() {
+                if self
+                    .pods
+                    .get(&key)
+                    .is_some_and(|s| matches!(s.phase, Phase::Running { .. }))
+                {
+                    let msg = format!("Stopping container {}", first_container_name(pod));
+                    self.event(&key, &uid, "Normal", "Killing", &msg).await;
+                }
                 self.teardown(&key, true).await;
                 self.delete_object(&key, &uid).await;
                 continue;

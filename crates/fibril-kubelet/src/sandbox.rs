@@ -288,6 +288,8 @@ pub fn spawn_workload(spec: &WorkloadSpawn) -> Result<Child> {
         )
         .env("HOME", "/root")
         .env("HOSTNAME", &spec.hostname)
+        // Logs go to a file: no terminal colours (tracing honours NO_COLOR).
+        .env("NO_COLOR", "1")
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir("/")
         .stdin(Stdio::null())
