@@ -309,7 +309,11 @@ pub fn allocate_services(services: &[Service], ranges: &ServiceRanges) -> Servic
                             .iter()
                             .flat_map(|n| n.hosts())
                             .find(|ip| !claims.lb.contains_key(ip));
-                        if ip.is_none() {
+                        if ip.is_none() && ranges.lb_pool.is_empty() {
+                            plan.warnings.push(format!(
+                                "service {id}: loadBalancerIPPool is empty (set loadBalancer.ipPool); EXTERNAL-IP stays pending"
+                            ));
+                        } else if ip.is_none() {
                             plan.warnings.push(format!(
                                 "service {id}: no free address in loadBalancerIPPool {:?}; EXTERNAL-IP stays pending",
                                 ranges.lb_pool.iter().map(ToString::to_string).collect::<Vec<_>>()

@@ -829,7 +829,19 @@ fn load_balancer_ips_from_the_pool() {
         |s| s.metadata.name.as_deref() != Some("a") && s.metadata.name.as_deref() != Some("c")
     ));
     let p = allocate_services(&[mk("e", None, 5)], &ServiceRanges::default());
-    assert!(p.warnings[0].contains("default/e") && p.warnings[0].contains("pending"));
+    assert_eq!(
+        p.warnings,
+        ["service default/e: loadBalancerIPPool is empty (set loadBalancer.ipPool); EXTERNAL-IP stays pending"]
+    );
+    // Exhausted pool.
+    let p = allocate_services(
+        &[mk("a", None, 1), mk("c", None, 2), mk("f", None, 3)],
+        &ranges,
+    );
+    assert_eq!(
+        p.warnings,
+        ["service default/f: no free address in loadBalancerIPPool [\"192.168.10.208/30\"]; EXTERNAL-IP stays pending"]
+    );
 }
 
 fn running_pod(
