@@ -368,8 +368,14 @@ fn local_backend_pods<'a>(
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
         .filter(|p| {
+            // Running, and not reported unready (a crashed cache would
+            // blackhole the redirected traffic; the fallback serves instead).
             let st = p.status.as_ref();
-            st.and_then(|s| s.phase.as_deref()) == Some("Running")
+            let unready = st
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == "False");
+            st.and_then(|s| s.phase.as_deref()) == Some("Running") && !unready
         })
         .filter(|p| selector_matches(sel, &p.metadata.labels.clone().unwrap_or_default()))
         .filter_map(|p| {
@@ -858,6 +864,15 @@ mod tests {
         );
         assert!(text.contains("|              10.96.0.10:53/UDP -> 10.244.0.236:53(kube-system/node-local-dns-nnt9r),\n"), "{text}");
         assert!(text.contains("10.96.0.10:9153/TCP ->\n"), "{text}");
+        // The cache pod is not ready: fallback.
+        let mut objs = webpod();
+        objs.pods[0].status.as_mut().unwrap().conditions = Some(vec![serde_json::from_value(
+            json!({"type": "Ready", "status": "False"}),
+        )
+        .unwrap()]);
+        let d2 = desired(&objs, &view());
+        let udp2 = &d2.services[&Frontend::udp(Ipv4Addr::new(10, 96, 0, 10), 53)];
+        assert_eq!(udp2.spec.svc_type, ServiceType::ClusterIp);
         // Another node has no local DNS cache: the ClusterIP stays.
         let mut v = view();
         v.node_name = "k8s-w1".into();
