@@ -123,6 +123,30 @@ pub struct RolloutArgs {
     namespace: Option<String>,
 }
 
+/// kubectl accepts `-n NS` before the subcommand (`kubectl -n kube-system
+/// rollout restart ds/cilium`); clap wants it after. Moves a leading
+/// `-n NS` / `--namespace NS` / `--namespace=NS` to the end (before `--`).
+pub fn hoist_namespace_flag(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let Some(first) = args.get(1).and_then(|a| a.to_str()).map(str::to_string) else {
+        return args;
+    };
+    let flag: Vec<std::ffi::OsString> = if first == "-n" || first == "--namespace" {
+        if args.len() < 4 {
+            return args;
+        }
+        args.drain(1..3).collect()
+    } else if first.starts_with("--namespace=") {
+        args.drain(1..2).collect()
+    } else {
+        return args;
+    };
+    let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    for (i, f) in flag.into_iter().enumerate() {
+        args.insert(at + i, f);
+    }
+    args
+}
+
 /// A resource type the CLI accepts.
 #[derive(Debug, Clone)]
 struct Res {
@@ -2179,6 +2203,23 @@ mod tests {
         assert_eq!(
             (r.kind.as_str(), n),
             ("Deployment", vec!["webpod".to_string()])
+        );
+    }
+
+    #[test]
+    fn namespace_flag_moves_behind_the_subcommand() {
+        let v = |s: &str| -> Vec<std::ffi::OsString> { s.split(' ').map(Into::into).collect() };
+        assert_eq!(
+            hoist_namespace_flag(v("fibril -n kube-system rollout restart ds/cilium")),
+            v("fibril rollout restart ds/cilium -n kube-system")
+        );
+        assert_eq!(
+            hoist_namespace_flag(v("fibril -n kube-system exec p -- ls -n")),
+            v("fibril exec p -n kube-system -- ls -n")
+        );
+        assert_eq!(
+            hoist_namespace_flag(v("fibril get pods -n x")),
+            v("fibril get pods -n x")
         );
     }
 
