@@ -81,7 +81,9 @@ fn main() -> ExitCode {
         let code = fibril_cni::main_from_process();
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    let cli = Cli::parse_from(cmd::kube::hoist_namespace_flag(std::env::args_os().collect()));
+    let cli = Cli::parse_from(cmd::kube::hoist_namespace_flag(
+        std::env::args_os().collect(),
+    ));
     init_tracing();
     let result = match cli.command {
         Command::Version => {
