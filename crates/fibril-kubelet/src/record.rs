@@ -14,7 +14,6 @@ use crate::error::{KubeletError, Result};
 
 /// One pod sandbox on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct PodRecord {
     pub namespace: String,
     pub name: String,
