@@ -338,6 +338,7 @@ pub fn reconcile(
         .pods
         .iter()
         .filter(|p| pod_node(p).is_none() && !pod_terminating(p) && !select::pod_finished(p))
+        .filter(|p| scheduler::ours(p))
         .filter(|p| !deleted.contains(&p.key()))
         .collect();
     unbound.sort_by_key(|p| {
@@ -357,7 +358,7 @@ pub fn reconcile(
     }
     for mut p in creates {
         let mut events = Vec::new();
-        if pod_node(&p).is_none() {
+        if pod_node(&p).is_none() && scheduler::ours(&p) {
             let decision = sched.place(&p);
             events = apply_decision(&mut p, &decision, now, rng).1;
         }

@@ -1,7 +1,8 @@
 //! The lab's kube-scheduler: picks a node for each pod without
 //! `spec.nodeName`.
 //!
-//! Filters: the node's `Ready` condition is `True`; `spec.nodeSelector`;
+//! Filters: the node's `Ready` condition is `True`; `spec.nodeSelector` and
+//! required node affinity (`nodeSelectorTerms`);
 //! required pod anti-affinity (both the incoming pod's terms and those of
 //! pods already on a node, as Kubernetes' InterPodAffinity does) by the
 //! term's `topologyKey` (`kubernetes.io/hostname` falls back to the node
@@ -128,6 +129,64 @@ fn term_selects(
             .is_some_and(|s| selector_matches(s, Some(labels)))
 }
 
+/// One `NodeSelectorRequirement` against a node's labels (or, for
+/// `matchFields`, `metadata.name`).
+fn requirement_matches(
+    req: &k8s_openapi::api::core::v1::NodeSelectorRequirement,
+    value: Option<&str>,
+) -> bool {
+    let values = req.values.as_deref().unwrap_or_default();
+    let num = |v: &str| v.parse::<i64>().ok();
+    match req.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((value.and_then(num), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((value.and_then(num), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
+    }
+}
+
+/// Required node affinity: any term matches (a term: all its expressions
+/// and fields match); no terms means no constraint.
+fn node_affinity_matches(pod: &Pod, info: &NodeInfo) -> bool {
+    let Some(sel) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+    else {
+        return true;
+    };
+    sel.node_selector_terms.iter().any(|term| {
+        term.match_expressions
+            .iter()
+            .flatten()
+            .all(|r| requirement_matches(r, info.labels.get(&r.key).map(String::as_str)))
+            && term.match_fields.iter().flatten().all(|r| {
+                requirement_matches(r, (r.key == "metadata.name").then_some(info.name.as_str()))
+            })
+    })
+}
+
+/// Whether this scheduler is the pod's (`spec.schedulerName` unset or
+/// `default-scheduler`); pods for another scheduler are left alone.
+pub fn ours(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .is_none_or(|n| n.is_empty() || n == "default-scheduler")
+}
+
 /// The cluster as the scheduler sees it; [`Scheduler::place`] records its
 /// decisions so later pods of the same pass see them.
 #[derive(Debug)]
@@ -220,7 +279,9 @@ impl Scheduler {
         for (i, info) in self.nodes.iter().enumerate() {
             if !info.ready {
                 not_ready += 1;
-            } else if !map_matches(&selector, Some(&info.labels)) {
+            } else if !map_matches(&selector, Some(&info.labels))
+                || !node_affinity_matches(pod, info)
+            {
                 selector_miss += 1;
             } else if self.anti_affinity_conflict(info, pod) {
                 anti += 1;

@@ -1278,3 +1278,58 @@ fn cluster_ip_outside_the_cidr_is_kept_and_lb_without_node_ports() {
         Some("192.168.10.209")
     );
 }
+
+#[test]
+fn node_affinity_and_other_schedulers() {
+    let nodes = vec![
+        node("a", true, &[("zone", "z1"), ("gen", "3")]),
+        node("b", true, &[("zone", "z2"), ("gen", "5")]),
+    ];
+    let pod = |affinity: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [], "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": affinity}}}}
+        }))
+        .unwrap()
+    };
+    let place = |p: &Pod| Scheduler::new(&nodes, &[]).place(p);
+    assert_eq!(
+        place(&pod(
+            json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z2"]}]}])
+        )),
+        Decision::Bind("b".into())
+    );
+    assert_eq!(
+        place(&pod(
+            json!([{"matchExpressions": [{"key": "gen", "operator": "Lt", "values": ["4"]}]}])
+        )),
+        Decision::Bind("a".into())
+    );
+    // Terms are ORed; matchFields on metadata.name.
+    assert_eq!(
+        place(&pod(json!([
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["nowhere"]}]},
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["b"]}]}]))),
+        Decision::Bind("b".into())
+    );
+    assert_eq!(
+        place(&pod(
+            json!([{"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}]}])
+        )),
+        Decision::Unschedulable(
+            "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.".into()
+        )
+    );
+    // A pod for another scheduler is not bound.
+    let mut sim = Sim::new(nodes.clone());
+    let mut other: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "o", "namespace": "default"},
+        "spec": {"schedulerName": "my-scheduler", "containers": []}
+    }))
+    .unwrap();
+    other = sim.add(other);
+    sim.snap.pods.push(other);
+    sim.step();
+    assert!(pod_node(&sim.snap.pods[0]).is_none());
+}
