@@ -452,6 +452,23 @@ fn pod_runner_on_the_fabric() {
             || record(&lab, &full_pod).is_none()
     );
 
+    // Room again: the pending pod gets its sandbox on a later retry.
+    let other = (0..4)
+        .map(|i| format!("idle-{i}"))
+        .find(|n| *n != full_pod)
+        .unwrap();
+    block(store.delete_as::<Pod>(Some("default"), &other, None)).unwrap();
+    let t = Instant::now();
+    let recovered = eventually(Duration::from_secs(45), || running_ip(&store, &full_pod));
+    eprintln!(
+        "{full_pod} Running after a retry ({:?} after {other} was deleted): {recovered:?}",
+        t.elapsed()
+    );
+    assert!(
+        recovered.is_some(),
+        "{full_pod} runs once an address is free"
+    );
+
     // Workload restart: kill curl-pod's process.
     let before = record(&lab, "curl-pod").unwrap();
     nix::sys::signal::kill(
