@@ -5,10 +5,13 @@
 //! Shape: [`reconcile`] is pure — it takes a [`Snapshot`] of every object it
 //! cares about and returns the [`Write`]s to do (plus warnings), so every rule
 //! is unit-tested without I/O. [`run`] is the thin loop: relist every
-//! [`ControllerOptions::interval`] (objects are few), reconcile, apply the
-//! writes; an update is done at the revision read, so a conflict only means
+//! [`ControllerOptions::interval`] and soon after any watched change (objects
+//! are few), reconcile, apply the writes; an update is done at the revision read, so a conflict only means
 //! "someone wrote first" and the next pass retries with fresh state. A failed
-//! write is logged and retried by the next pass; it never stops the loop.
+//! write is logged and retried by the next pass; it never stops the loop,
+//! and neither does a stored object that does not decode (it is skipped with
+//! a warning). State (allocations, names) lives only in the store, so a
+//! restarted controller writes nothing until something changes.
 //!
 //! What it owns:
 //! 1. Namespaces `default` and `kube-system` exist.
