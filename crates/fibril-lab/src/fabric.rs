@@ -81,6 +81,8 @@ pub struct LabStatus {
     pub hosts: Vec<HostStatus>,
     /// Namespaces with the lab's prefix that the state does not list.
     pub stray_namespaces: Vec<String>,
+    /// The lab cluster (`cluster.json`), when `up` started one.
+    pub cluster: Option<crate::cluster::ClusterRecord>,
 }
 
 fn nl_err(lab: &str, step: impl Into<String>) -> impl FnOnce(NetlinkError) -> LabError {
@@ -836,6 +838,7 @@ pub fn status(lab: Option<&str>) -> LabResult<Vec<LabStatus>> {
                 .into_iter()
                 .filter(|n| !listed.contains(n))
                 .collect(),
+            cluster: crate::cluster::ClusterRecord::load(&l).ok().flatten(),
         });
     }
     Ok(out)

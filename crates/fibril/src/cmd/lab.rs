@@ -354,7 +354,7 @@ fn print_lab(l: &LabStatus) {
     for s in stray {
         println!("  stray namespace {s} (removed by the next up/down)");
     }
-    if let Ok(Some(rec)) = fibril_lab::cluster::ClusterRecord::load(&l.lab) {
+    if let Some(rec) = &l.cluster {
         println!("  cluster: etcd {}", rec.etcd_url);
         let rows: Vec<[String; 4]> = rec
             .processes
