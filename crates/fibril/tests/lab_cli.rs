@@ -444,3 +444,40 @@ fn lab_cluster_up_get_apply_upgrade_down() {
     assert!(!std::path::Path::new(&format!("/sys/fs/bpf/fibril/{lab}")).exists());
     assert!(!std::path::Path::new(&format!("/run/fibril/labs/{lab}")).exists());
 }
+
+/// A lab whose `up` died half-way (state not complete) is cleaned by the next
+/// `up`: the old cluster processes are stopped, the new cluster comes up.
+#[test]
+fn lab_up_after_a_crash_cleans_the_old_cluster() {
+    let lab = format!("cr{}", std::process::id());
+    let _cleanup = Cleanup(lab.clone());
+    ok(&["lab", "up", "--name", &lab, "--topology", "seed-3w"]);
+    let old = cluster_pids(&lab);
+    assert!(!old.is_empty());
+
+    // What a crash during `up` leaves: processes running, state incomplete.
+    let state = format!("/run/fibril/labs/{lab}/state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    v["complete"] = serde_json::Value::Bool(false);
+    std::fs::write(&state, serde_json::to_string(&v).unwrap()).unwrap();
+
+    let again = ok(&["lab", "up", "--name", &lab, "--topology", "seed-3w"]);
+    assert!(
+        again.contains("cleaning up an incomplete earlier lab"),
+        "{again}"
+    );
+    for (c, p) in &old {
+        assert!(!pid_alive(*p), "old {c} (pid {p}) survived");
+    }
+    let new = cluster_pids(&lab);
+    for (c, p) in &new {
+        assert!(pid_alive(*p), "new {c} (pid {p}) is not running");
+    }
+    let nodes = ok(&["get", "nodes", "--lab", &lab]);
+    assert_eq!(nodes.matches(" Ready ").count(), 2, "{nodes}");
+    ok(&["lab", "down", "--name", &lab]);
+    for (c, p) in &new {
+        assert!(!pid_alive(*p), "{c} (pid {p}) survived lab down");
+    }
+}
