@@ -35,7 +35,9 @@ use fibril_netlink::Route;
 use fibril_operator::{IP_MASQ_AGENT_CONFIGMAP, IP_MASQ_AGENT_NAMESPACE};
 use fibril_store::StoreExt;
 use ipnet::Ipv4Net;
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::node::{NodeState, HOST_DEVICE};
@@ -87,8 +89,61 @@ pub fn remote_nodes(nodes: &[FibrilNode], me: &str) -> Vec<RemoteNode> {
         .collect()
 }
 
-/// The sync loop (until `stop` is true).
+/// Kinds whose changes trigger a sync pass at once (besides the periodic one).
+fn watched_kinds(opts: &AgentOptions) -> Vec<&'static str> {
+    let mut k = vec!["FibrilNode", "FibrilEndpoint"];
+    if opts.config.kube_proxy_replacement {
+        k.extend(["Service", "EndpointSlice"]);
+        if opts.config.local_redirect_policy {
+            k.extend(["FibrilLocalRedirectPolicy", "Pod"]);
+        }
+    }
+    k
+}
+
+/// Watches `kind` and wakes the sync loop on every change (re-listing after
+/// errors or compaction). Only a trigger: the pass itself re-lists.
+async fn kick_on_changes(opts: AgentOptions, kind: &'static str, kick: Arc<Notify>) {
+    use futures::StreamExt;
+    loop {
+        let started = async {
+            let rev = opts.store.list(kind, None).await?.revision;
+            opts.store.watch(kind, None, rev).await
+        }
+        .await;
+        match started {
+            Ok(mut stream) => {
+                while let Some(ev) = stream.next().await {
+                    if ev.is_err() {
+                        break;
+                    }
+                    kick.notify_one();
+                }
+            }
+            Err(e) => debug!(%kind, error = %e, "watch (falling back to polling)"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// The sync loop (until `stop` is true): a pass every `sync_interval`, and
+/// soon after any change of a watched kind.
 pub async fn run(opts: AgentOptions, state: Shared, mut stop: watch::Receiver<bool>) {
+    let kick = Arc::new(Notify::new());
+    let watchers: Vec<tokio::task::JoinHandle<()>> = watched_kinds(&opts)
+        .into_iter()
+        .map(|k| tokio::spawn(kick_on_changes(opts.clone(), k, kick.clone())))
+        .collect();
+    // Aborted with the loop (the loop is aborted on shutdown).
+    struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortAll {
+        fn drop(&mut self) {
+            for h in &self.0 {
+                h.abort();
+            }
+        }
+    }
+    let _watchers = AbortAll(watchers);
     let mut last_demand: Option<Option<u64>> = None;
     let mut last_used = None;
     loop {
@@ -140,9 +195,14 @@ pub async fn run(opts: AgentOptions, state: Shared, mut stop: watch::Receiver<bo
                 .await;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(opts.sync_interval) => {}
+        let kicked = tokio::select! {
+            _ = tokio::time::sleep(opts.sync_interval) => false,
+            _ = kick.notified() => true,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        if kicked {
+            // Let a burst of changes (a rollout) land in one pass.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }
