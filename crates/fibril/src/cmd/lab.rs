@@ -137,16 +137,16 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     let lab = a.name.name;
     let topo =
         Topology::load(&a.topology).with_context(|| format!("loading topology {}", a.topology))?;
-    println!(
-        "lab {lab}: building topology {} ({})",
-        topo.name, topo.description
-    );
     // Settings are checked before anything is built.
     if !a.set.is_empty() {
         let mut c = fibril_config::Config::default();
         c.apply_sets(&a.set).context("--set")?;
         c.validate().context("--set: invalid configuration")?;
     }
+    println!(
+        "lab {lab}: building topology {} ({})",
+        topo.name, topo.description
+    );
     let fabric = Fabric::up_with_progress(&topo, &lab, &mut |line| println!("  {line}"))
         .with_context(|| format!("lab up --name {lab}"))?;
     if !a.fabric_only {
