@@ -199,6 +199,23 @@ fn resolve(name: &str) -> anyhow::Result<Res> {
     })
 }
 
+/// kubectl's plural form for errors: `pods`, `deployments.apps`,
+/// `ciliumidentities.cilium.io`.
+fn plural_display(display: &str) -> String {
+    let (kind, group) = match display.split_once('.') {
+        Some((k, g)) => (k, format!(".{g}")),
+        None => (display, String::new()),
+    };
+    let plural = if kind.ends_with('s') {
+        kind.to_string()
+    } else if let Some(stem) = kind.strip_suffix('y') {
+        format!("{stem}ies")
+    } else {
+        format!("{kind}s")
+    };
+    format!("{plural}{group}")
+}
+
 /// `TYPE NAME...` or `TYPE/NAME...` into (resource, names).
 fn split_type_names(first: &str, rest: &[String]) -> anyhow::Result<(Res, Vec<String>)> {
     if let Some((t, n)) = first.split_once('/') {
@@ -643,7 +660,7 @@ fn get_in(
                 if !items.iter().any(|v| name_of(v) == *n) && !res.endpoints_view {
                     bail!(
                         "Error from server (NotFound): {} \"{n}\" not found",
-                        res.display
+                        plural_display(&res.display)
                     );
                 }
             }
@@ -1395,7 +1412,7 @@ pub fn describe(a: DescribeArgs) -> anyhow::Result<ExitCode> {
                 if !items.iter().any(|v| name_of(v) == *n) {
                     bail!(
                         "Error from server (NotFound): {} \"{n}\" not found",
-                        res.display
+                        plural_display(&res.display)
                     );
                 }
             }
@@ -1900,7 +1917,11 @@ pub fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
                 Ok(Deleted::Gone) => println!("{display} \"{}\" deleted", key.name),
                 Ok(Deleted::Terminating) => waiting.push((display.clone(), key.clone())),
                 Ok(Deleted::NotFound) => {
-                    eprintln!("Error from server (NotFound): {display} \"{}\" not found", key.name);
+                    eprintln!(
+                        "Error from server (NotFound): {} \"{}\" not found",
+                        plural_display(display),
+                        key.name
+                    );
                     failed = true;
                 }
                 Err(e) => {
@@ -1965,9 +1986,13 @@ async fn delete_one(store: &SharedStore, key: &ObjectKey) -> anyhow::Result<Dele
             return Ok(Deleted::Terminating);
         }
         let mut v = obj.value.clone();
+        let grace = v
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30);
         if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
             m.insert("deletionTimestamp".into(), json!(rfc3339(now_unix())));
-            m.insert("deletionGracePeriodSeconds".into(), json!(30));
+            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
         }
         match store.update(key, v, obj.mod_revision).await {
             Ok(_) => return Ok(Deleted::Terminating),
@@ -2199,6 +2224,13 @@ mod tests {
         assert_eq!(resolve("deploy").unwrap().display, "deployment.apps");
         assert_eq!(resolve("po").unwrap().display, "pod");
         assert_eq!(resolve("events").unwrap().kind, "Event");
+        assert_eq!(plural_display("pod"), "pods");
+        assert_eq!(plural_display("deployment.apps"), "deployments.apps");
+        assert_eq!(
+            plural_display("ciliumidentity.cilium.io"),
+            "ciliumidentities.cilium.io"
+        );
+        assert_eq!(plural_display("endpoints"), "endpoints");
         let (r, n) = split_type_names("deployment/webpod", &[]).unwrap();
         assert_eq!(
             (r.kind.as_str(), n),
