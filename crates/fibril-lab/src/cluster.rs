@@ -195,7 +195,10 @@ fn cerr(lab: &str, step: impl Into<String>, detail: impl Into<String>) -> LabErr
     }
 }
 
-/// The config `lab up` stores: defaults, the topology's cluster ranges, then `sets`.
+/// The config `lab up` stores: `Config::default()` (Cilium's defaults:
+/// cluster-pool 10.0.0.0/8 /24, tunnel/VXLAN), the topology's `cluster`
+/// ranges as `k8sClusterCIDR`/`k8sNodeCIDRMaskSize`/`k8sServiceCIDR`, then
+/// `sets` (which win over both).
 pub fn initial_config(fabric: &Fabric, sets: &[String]) -> LabResult<Config> {
     let lab = fabric.lab();
     let mut config = Config::default();
