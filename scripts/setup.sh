@@ -7,7 +7,7 @@ PKGS=(
   clang llvm libbpf-dev bpftool linux-libc-dev
   iproute2 nftables tcpdump tshark iputils-ping
   etcd-server etcd-client protobuf-compiler libprotobuf-dev
-  iperf3 sockperf dnsutils busybox-static curl netcat-openbsd
+  iperf3 sockperf dnsutils busybox-static curl netcat-openbsd dnsmasq-base
 )
 
 missing=()
