@@ -8,6 +8,8 @@
 //!   [`ClusterIndex`]/[`SharedIndex`] (in-memory), [`StoreClusterView`]
 //!   (follows a `fibril_store::SharedStore`).
 //! - [`kubernetes`], [`forward`], [`cache`]: the plugins.
+//! - [`file`]: the `file` plugin (zones from zone files).
+//! - [`lab_upstream`]: the lab router's resolver configuration, built in.
 //! - [`server`]: listeners, the plugin chain, HTTP endpoints.
 //! - [`metrics`]: CoreDNS-named Prometheus metrics.
 //!
@@ -25,6 +27,7 @@ pub mod corefile;
 pub mod file;
 pub mod forward;
 pub mod kubernetes;
+pub mod lab_upstream;
 pub mod metrics;
 pub mod server;
 

@@ -36,11 +36,18 @@ Examples:
   fibril dns --configmap kube-system/coredns --etcd http://192.168.10.100:2379
   fibril dns --configmap kube-system/node-local-dns --etcd $FIBRIL_ETCD \\
       -- -localip 169.254.20.10,10.96.0.10 -conf /etc/Corefile -upstreamsvc kube-dns-upstream
-  fibril dns -c lab/manifests/upstream-dns/Corefile")]
+  fibril dns -c lab/manifests/upstream-dns/Corefile
+  fibril dns --lab-upstream /run/fibril/labs/LAB/upstream-dns   (the same, built in)")]
 pub struct DnsArgs {
     /// The Corefile to serve (reloaded on change when it has `reload`).
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "configmap")]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["configmap", "lab_upstream"])]
     corefile: Option<PathBuf>,
+    /// Serve the lab's upstream resolver (the router's: zone example.test,
+    /// 10.10.0.0/16 reverse names, NXDOMAIN for anything else, port 53):
+    /// writes the built-in lab/manifests/upstream-dns files into DIR and
+    /// serves its Corefile.
+    #[arg(long, value_name = "DIR", conflicts_with = "configmap")]
+    lab_upstream: Option<PathBuf>,
     /// Serve the Corefile in a ConfigMap of the cluster store: NS/NAME, with
     /// `:KEY` for a data key other than `Corefile`. Re-read every `reload`
     /// interval when the Corefile has `reload`. Needs --etcd.
@@ -247,7 +254,13 @@ pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
         .cluster_dns_service
         .clone()
         .or_else(|| image.upstream_svc.clone());
-    let what = match (&args.corefile, &args.configmap, &image.conf) {
+    let corefile_path = match &args.lab_upstream {
+        Some(dir) => Some(fibril_dns::lab_upstream::write_to(dir).with_context(|| {
+            format!("write the lab upstream resolver files to {}", dir.display())
+        })?),
+        None => args.corefile.clone(),
+    };
+    let what = match (&corefile_path, &args.configmap, &image.conf) {
         (Some(p), _, _) => p.display().to_string(),
         (None, Some(cm), _) => format!("ConfigMap {cm}"),
         (None, None, Some(p)) => p.display().to_string(),
@@ -265,7 +278,7 @@ pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
     let upstream = upstreams(&args.upstream)?;
     runtime()?.block_on(async {
         let store = args.store.connect().await?;
-        let corefile = match (&args.corefile, &args.configmap, &image.conf) {
+        let corefile = match (&corefile_path, &args.configmap, &image.conf) {
             (Some(p), _, _) => CorefileSource::Path(p.clone()),
             (None, Some(cm), _) => {
                 let (namespace, name, key) = parse_configmap(cm)?;
