@@ -25,7 +25,7 @@ use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -197,8 +197,10 @@ fn cerr(lab: &str, step: impl Into<String>, detail: impl Into<String>) -> LabErr
 
 /// The config `lab up` stores: `Config::default()` (Cilium's defaults:
 /// cluster-pool 10.0.0.0/8 /24, tunnel/VXLAN), the topology's `cluster`
-/// ranges as `k8sClusterCIDR`/`k8sNodeCIDRMaskSize`/`k8sServiceCIDR`, then
-/// `sets` (which win over both).
+/// ranges as `k8sClusterCIDR`/`k8sNodeCIDRMaskSize`/`k8sServiceCIDR` and
+/// `loadBalancerIPPool`, `kubeProxyReplacement=true` (the lab has no
+/// kube-proxy: services work only through Fibril, as in the seeds), then
+/// `sets` (which win over all of these).
 pub fn initial_config(fabric: &Fabric, sets: &[String]) -> LabResult<Config> {
     let lab = fabric.lab();
     let mut config = Config::default();
@@ -206,6 +208,8 @@ pub fn initial_config(fabric: &Fabric, sets: &[String]) -> LabResult<Config> {
     config.k8s_cluster_cidr = c.cluster_cidr;
     config.k8s_node_cidr_mask_size = c.node_cidr_mask_size;
     config.k8s_service_cidr = c.service_cidr;
+    config.load_balancer_ip_pool = c.load_balancer_cidrs.clone();
+    config.kube_proxy_replacement = true;
     config
         .apply_sets(sets)
         .map_err(|e| cerr(lab, "--set", e.to_string()))?;
@@ -213,19 +217,6 @@ pub fn initial_config(fabric: &Fabric, sets: &[String]) -> LabResult<Config> {
         .validate()
         .map_err(|e| cerr(lab, "validate the configuration", e.to_string()))?;
     Ok(config)
-}
-
-/// Whether `exe` has subcommand `sub` (the controller and kubelet may be
-/// missing from older builds: the lab then runs without them).
-fn has_subcommand(exe: &Path, sub: &str) -> bool {
-    Command::new(exe)
-        .args([sub, "--help"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 /// Starts the cluster on a freshly built fabric and records it. On error
@@ -329,14 +320,8 @@ pub fn start(
 
     let exe = opts.exe.to_string_lossy().into_owned();
     let cp_ns = rec.control_plane_netns.clone();
-    let mut components = vec![("operator", vec![exe.clone(), "operator".into()])];
-    let has_controller = has_subcommand(&opts.exe, "controller");
-    if has_controller {
-        components.push(("controller", vec![exe.clone(), "controller".into()]));
-    } else {
-        progress("! controller  not in this build: Deployments, Services and scheduling are off");
-    }
-    for (name, mut argv) in components {
+    for name in ["operator", "controller"] {
+        let mut argv = vec![exe.clone(), name.to_string()];
         argv.extend(["--etcd".to_string(), etcd_url.clone()]);
         let p = spawn(&lab, name, None, &cp_ns, &argv)?;
         rec.replace(p.clone());
@@ -349,27 +334,6 @@ pub fn start(
         progress(&format!("✓ {name:<11} pid {}", p.pid));
     }
 
-    let has_kubelet = has_subcommand(&opts.exe, "kubelet");
-    if !has_kubelet {
-        // Agents need their Node (kubernetes IPAM waits for spec.podCIDR):
-        // register the Nodes here instead of the kubelet.
-        let nodes: Vec<(String, Role, String)> = topo
-            .nodes
-            .iter()
-            .map(|n| {
-                let ip = fabric
-                    .node_ip(&n.name)
-                    .map(|i| i.to_string())
-                    .unwrap_or_default();
-                (n.name.clone(), n.role, ip)
-            })
-            .collect();
-        with_store(&rec, move |store| async move {
-            register_nodes(&store, &nodes).await
-        })?
-        .map_err(|e| cerr(&lab, "register Nodes", e))?;
-        progress("! kubelet     not in this build: Nodes registered by `lab up`, no pods");
-    }
     let nodes = fabric.nodes();
     for node in &nodes {
         let argv = agent_argv(&exe, &lab, fabric.netns_name(node)?, node, &etcd_url);
@@ -381,7 +345,7 @@ pub fn start(
             &argv,
         )?;
         rec.replace(p);
-        if has_kubelet {
+        {
             let argv = vec![
                 exe.clone(),
                 "kubelet".into(),
@@ -411,9 +375,7 @@ pub fn start(
         wait_agent(&lab, &p, opts.timeout)?;
         progress(&format!("✓ agent       {node} (pid {})", p.pid));
     }
-    if has_kubelet {
-        wait_nodes_ready(&rec, &nodes, opts.timeout, progress)?;
-    }
+    wait_nodes_ready(&rec, &nodes, opts.timeout, progress)?;
     // A component that crashed after its readiness check fails `up` too.
     std::thread::sleep(Duration::from_millis(500));
     if let Some(p) = rec.processes.iter().find(|p| !p.alive()) {
@@ -655,53 +617,6 @@ fn wait_nodes_ready(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// Creates a Ready Node object per node (what the kubelet registers), when
-/// none exists yet.
-async fn register_nodes(
-    store: &SharedStore,
-    nodes: &[(String, Role, String)],
-) -> Result<(), String> {
-    use fibril_store::StoreExt;
-    for (name, role, ip) in nodes {
-        if store
-            .get_as::<fibril_api::Node>(None, name)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_some()
-        {
-            continue;
-        }
-        let mut labels = serde_json::json!({
-            "kubernetes.io/hostname": name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": "amd64",
-        });
-        if *role == Role::ControlPlane {
-            labels["node-role.kubernetes.io/control-plane"] = "".into();
-        }
-        let now = now_rfc3339();
-        let node: fibril_api::Node = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": labels, "creationTimestamp": now},
-            "status": {
-                "addresses": [
-                    {"type": "InternalIP", "address": ip},
-                    {"type": "Hostname", "address": name}
-                ],
-                "conditions": [{
-                    "type": "Ready", "status": "True", "reason": "KubeletReady",
-                    "message": "registered by fibril lab up",
-                    "lastHeartbeatTime": now, "lastTransitionTime": now
-                }]
-            }
-        }))
-        .map_err(|e| e.to_string())?;
-        store.create_as(&node).await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 /// Now as RFC 3339 UTC (`2026-12-07T18:35:05Z`).

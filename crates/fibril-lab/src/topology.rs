@@ -241,6 +241,10 @@ pub struct ClusterSettings {
     pub service_cidr: Ipv4Net,
     #[serde(rename = "dnsServiceIP", default = "default_dns_ip")]
     pub dns_service_ip: Ipv4Addr,
+    /// LoadBalancer IPs (`loadBalancerIPPool`); inside a node subnet the
+    /// agents answer ARP for them, so the router reaches them without BGP.
+    #[serde(rename = "loadBalancerCIDRs", default)]
+    pub load_balancer_cidrs: Vec<Ipv4Net>,
 }
 
 fn default_cluster_cidr() -> Ipv4Net {
@@ -263,6 +267,7 @@ impl Default for ClusterSettings {
             node_cidr_mask_size: default_node_mask(),
             service_cidr: default_service_cidr(),
             dns_service_ip: default_dns_ip(),
+            load_balancer_cidrs: Vec::new(),
         }
     }
 }
