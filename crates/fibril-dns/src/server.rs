@@ -259,8 +259,11 @@ pub async fn start(
             tasks.push(tokio::spawn(serve_tcp(tcp, blocks, shared.clone())));
         }
         for (addr, roles) in http {
-            let l = TcpListener::bind(addr)
-                .await
+            // Same socket options as DNS: `health 169.254.20.10:8080` (the
+            // hostNetwork node-local Corefile) binds before the address is
+            // on an interface.
+            let l = bind_dns(addr, true)
+                .and_then(|fd| TcpListener::from_std(std::net::TcpListener::from(fd)))
                 .map_err(|source| ServerError::Bind {
                     proto: "tcp (http)",
                     addr,

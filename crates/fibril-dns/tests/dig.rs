@@ -1086,8 +1086,9 @@ async fn corefile_from_configmap_reloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_nonlocal_address() {
     let port = free_port();
+    let hport = free_port();
     let cf = fibril_dns::parse_corefile(&format!(
-        ".:{port} {{\n bind 198.51.100.53 127.0.0.1\n kubernetes cluster.local\n}}\n"
+        ".:{port} {{\n bind 198.51.100.53 127.0.0.1\n kubernetes cluster.local\n health 198.51.100.53:{hport}\n}}\n"
     ))
     .unwrap();
     let running = fibril_dns::start(
@@ -1099,6 +1100,12 @@ async fn bind_nonlocal_address() {
     .await
     .unwrap();
     assert_eq!(running.dns_addrs.len(), 2);
+    // The health endpoint too (the hostNetwork node-local Corefile's
+    // `health 169.254.20.10:8080`).
+    assert_eq!(
+        running.http_addrs,
+        vec![format!("198.51.100.53:{hport}").parse().unwrap()]
+    );
     let out = tokio::process::Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2"])
         .args(["webpod.default.svc.cluster.local", "A"])
