@@ -1,0 +1,467 @@
+//! Privileged test (root): a real container runtime drives the fibril CNI
+//! plugin. Debian's podman 4.3 (runc, CNI network backend) runs a container
+//! from a locally built busybox image on a lab node; the container gets an
+//! address from the node's agent, reaches the lab's whoami pods on both
+//! nodes, and removing it (CNI DEL) leaves no endpoint, veth, netns, mount or
+//! address behind.
+//!
+//! podman only ever sees temporary configuration (`CONTAINERS_CONF`,
+//! `CONTAINERS_STORAGE_CONF`, `--root`/`--runroot` under a temp dir); the
+//! machine's global config and the root netns are left alone. podman keeps
+//! libcni's result cache in `/var/lib/cni/results` (not configurable in 4.3);
+//! DEL removes the container's entry there.
+
+#![allow(clippy::unwrap_used)] // tests unwrap freely
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const NODE: &str = "k8s-ctr";
+const IMAGE: &str = "localhost/fibril-busybox:test";
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn fibril(lab: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fibril"))
+        .args(args)
+        .env("FIBRIL_LAB", lab)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output, what: &str) -> String {
+    let t = text(&o);
+    assert!(o.status.success(), "{what} failed:\n{t}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A podman whose whole state and config live in one temp dir.
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new(dir: &Path, cni_bin_dir: &Path, agent_socket: &Path) -> Self {
+        let d = dir.display();
+        for sub in ["net.d", "root", "runroot", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // runc, not crun: cgroups are hybrid here. setrlimit beyond the
+        // process's hard limits is not permitted, hence default_ulimits.
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+lock_type = "file"
+tmp_dir = "{d}/tmp"
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{}"]
+network_config_dir = "{d}/net.d"
+default_network = "fibril"
+"#,
+                cni_bin_dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/runroot\"\n"
+            ),
+        )
+        .unwrap();
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "fibril",
+            "plugins": [{"type": "fibril-cni", "agentSocket": agent_socket}],
+        });
+        std::fs::write(dir.join("net.d/fibril.conflist"), conflist.to_string()).unwrap();
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("podman")
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Builds the image from Debian's busybox-static: `/bin/busybox` and a
+    /// link per applet, imported as a one-layer image.
+    fn build_image(&self) {
+        let rootfs = self.dir.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        for d in ["etc", "tmp", "proc", "sys", "dev"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+            }
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+        let tar = self.dir.join("rootfs.tar");
+        let t = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .unwrap();
+        ok(t, "tar rootfs");
+        ok(
+            self.run(&[
+                "import",
+                "--change",
+                "CMD [\"/bin/sh\"]",
+                tar.to_str().unwrap(),
+                IMAGE,
+            ]),
+            "podman import",
+        );
+    }
+}
+
+/// Removes podman's containers, images and mounts, then the lab, even if
+/// the test fails half-way.
+struct Cleanup {
+    lab: String,
+    podman: Option<Podman>,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.podman.take() {
+            let _ = p.run(&["rm", "--all", "--force", "--time", "0"]);
+            let _ = p.run(&["rmi", "--all", "--force"]);
+            let _ = p.run(&["system", "reset", "--force"]);
+            // Anything podman still has mounted under its dir (shm, rootfs).
+            if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+                let mut mounts: Vec<&str> = mi
+                    .lines()
+                    .filter_map(|l| l.split(' ').nth(4))
+                    .filter(|m| Path::new(m).starts_with(&p.dir))
+                    .collect();
+                mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+                for m in mounts {
+                    let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        drop(self.tmp.take());
+        let _ = Command::new(env!("CARGO_BIN_EXE_fibril"))
+            .args(["lab", "down", "--name", &self.lab])
+            .output();
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// podman and runc, installed from Debian's packages when missing (as
+/// scripts/setup.sh does). `false` only when they cannot be installed.
+fn ensure_podman() -> bool {
+    if have("podman") && have("runc") {
+        return true;
+    }
+    eprintln!("runtime_cni: podman/runc missing, installing them with apt-get");
+    let _ = Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "podman",
+            "runc",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    have("podman") && have("runc")
+}
+
+/// `(name, phase, podIP, node)` of the lab's webpod pods.
+fn webpods(lab: &str) -> Vec<(String, String, String, String)> {
+    let out = fibril(
+        lab,
+        &[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.status.podIP} {.spec.nodeName}{\"\\n\"}{end}",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("webpod-"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into()))
+        })
+        .collect()
+}
+
+fn lxc_links(netns: &str) -> BTreeSet<String> {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("lxc") && n != "lxc_health")
+        .collect()
+}
+
+fn ipam_line(lab: &str) -> String {
+    let st = ok(
+        fibril(lab, &["dbg", "--node", NODE, "status"]),
+        "dbg status",
+    );
+    st.lines()
+        .find(|l| l.starts_with("IPAM:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One HTTP/1.0 GET from inside the container (busybox nc: Debian's static
+/// busybox `wget` crashes in glibc's static NSS), retried while the whoami
+/// server starts.
+fn http_get(podman: &Podman, container: &str, ip: &str) -> String {
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = podman.run(&["exec", container, "sh", "-c", &script]);
+        let t = text(&o);
+        if t.contains("Hostname:") || Instant::now() > deadline {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn podman_container_on_a_lab_node_reaches_lab_pods() {
+    if !is_root() {
+        eprintln!("SKIP runtime_cni: needs root (network namespaces, podman)");
+        return;
+    }
+    if !ensure_podman() {
+        eprintln!(
+            "SKIP runtime_cni: podman/runc could not be installed from Debian's packages \
+             (scripts/setup.sh installs them)"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let lab = format!("rt{}", std::process::id());
+    let tmp = tempfile::Builder::new()
+        .prefix("fibril-podman-")
+        .tempdir()
+        .unwrap();
+    let mut cleanup = Cleanup {
+        lab: lab.clone(),
+        podman: None,
+        tmp: None,
+    };
+
+    ok(
+        Command::new(env!("CARGO_BIN_EXE_fibril"))
+            .args(["lab", "up", "--name", &lab])
+            .output()
+            .unwrap(),
+        "lab up",
+    );
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../lab/manifests/webpod.yaml"
+    );
+    ok(fibril(&lab, &["apply", "-f", manifest]), "apply webpod");
+
+    let podman = Podman::new(
+        tmp.path(),
+        &fibril_lab::paths::bin_dir(&lab),
+        &fibril_lab::paths::agent_socket(&lab, NODE),
+    );
+    cleanup.tmp = Some(tmp);
+    podman.build_image();
+    let images = ok(
+        podman.run(&["images", "--format", "{{.Repository}}:{{.Tag}}"]),
+        "images",
+    );
+    assert!(images.contains(IMAGE), "{images}");
+    let networks = ok(
+        podman.run(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]),
+        "network ls",
+    );
+    assert!(networks.contains("fibril fibril-cni"), "{networks}");
+    let podman = cleanup.podman.insert(podman);
+
+    // Both webpod pods running with addresses (one per node: anti-affinity
+    // is not required, so accept any placement but need two).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pods = loop {
+        let p = webpods(&lab);
+        if p.len() == 2
+            && p.iter()
+                .all(|(_, phase, ip, _)| phase == "Running" && !ip.is_empty())
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "webpod pods not running: {p:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+
+    let node_netns = format!("fl-{lab}-{NODE}");
+    let links_before = lxc_links(&node_netns);
+    let ipam_before = ipam_line(&lab);
+    assert!(!ipam_before.is_empty());
+
+    let name = format!("fibril-rt-{}", std::process::id());
+    ok(
+        podman.run(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "fibril",
+            IMAGE,
+            "sleep",
+            "600",
+        ]),
+        "podman run",
+    );
+    let ip = ok(
+        podman.run(&[
+            "inspect",
+            &name,
+            "--format",
+            "{{.NetworkSettings.Networks.fibril.IPAddress}}",
+        ]),
+        "inspect",
+    )
+    .trim()
+    .to_string();
+    let sandbox = ok(
+        podman.run(&[
+            "inspect",
+            &name,
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
+        ]),
+        "inspect",
+    )
+    .trim()
+    .to_string();
+    eprintln!("runtime_cni: container {name} has {ip}, netns {sandbox}");
+    assert!(ip.starts_with("10."), "container address {ip:?}");
+
+    // Inside: eth0 with the /32 and the default route via the node's router IP.
+    let addr = ok(
+        podman.run(&["exec", &name, "ip", "-o", "-4", "addr", "show", "eth0"]),
+        "ip addr",
+    );
+    assert!(addr.contains(&format!("{ip}/32")), "{addr}");
+    let route = ok(podman.run(&["exec", &name, "ip", "route"]), "ip route");
+    assert!(route.contains("default via"), "{route}");
+
+    // The node side: an endpoint in the agent and one more lxc veth.
+    let eps = ok(
+        fibril(&lab, &["dbg", "--node", NODE, "endpoint", "list"]),
+        "endpoint list",
+    );
+    assert!(eps.contains(&ip), "endpoint list lacks {ip}:\n{eps}");
+    let links_during = lxc_links(&node_netns);
+    assert_eq!(
+        links_during.difference(&links_before).count(),
+        1,
+        "before {links_before:?}, with the container {links_during:?}"
+    );
+
+    // The container reaches the whoami pods on its own node and on the other.
+    for (pod, _, pod_ip, node) in &pods {
+        let reply = http_get(podman, &name, pod_ip);
+        eprintln!("runtime_cni: {pod} ({pod_ip} on {node}) answered:\n{reply}");
+        assert!(
+            reply.contains(&format!("Hostname: {pod}")),
+            "{pod} via {pod_ip}: {reply}"
+        );
+        assert!(reply.contains(&format!("RemoteAddr: {ip}:")), "{reply}");
+    }
+
+    // Removing the container runs CNI DEL: nothing left behind.
+    ok(
+        podman.run(&["rm", "--force", "--time", "0", &name]),
+        "podman rm",
+    );
+    let eps = ok(
+        fibril(&lab, &["dbg", "--node", NODE, "endpoint", "list"]),
+        "endpoint list",
+    );
+    assert!(!eps.contains(&ip), "endpoint {ip} left after rm:\n{eps}");
+    assert_eq!(lxc_links(&node_netns), links_before, "veth left after rm");
+    assert_eq!(ipam_line(&lab), ipam_before, "address {ip} not released");
+    let routes = Command::new("ip")
+        .args(["-n", &node_netns, "route"])
+        .output()
+        .unwrap();
+    let routes = text(&routes);
+    assert!(
+        !routes.contains(&format!("{ip} ")),
+        "route to {ip} left:\n{routes}"
+    );
+    if !sandbox.is_empty() {
+        assert!(
+            !Path::new(&sandbox).exists(),
+            "netns {sandbox} left after rm"
+        );
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = podman.dir.display().to_string();
+    assert!(
+        !mi.lines()
+            .any(|l| l.contains(&dir) && l.contains("/runroot/")),
+        "container mounts left under {dir}"
+    );
+    let left = ok(podman.run(&["ps", "-a", "-q"]), "ps");
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    eprintln!("runtime_cni: done in {:?}", started.elapsed());
+}
