@@ -70,6 +70,12 @@ pub struct DnsArgs {
     /// The cluster domain for __PILLAR__DNS__DOMAIN__.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// Keep answering this long after SIGTERM before the Corefile's own
+    /// lameduck and exit (e.g. `2s` for a node-local cache, so queries
+    /// already redirected to it are answered while its Local Redirect Policy
+    /// backend is withdrawn).
+    #[arg(long, value_name = "DURATION", value_parser = parse_lameduck)]
+    lameduck: Option<Duration>,
     /// Answer the `kubernetes` zones from this cluster store; without it the
     /// cluster view is empty and only forwarding, caching and files work.
     #[command(flatten)]
@@ -143,6 +149,11 @@ fn parse_image_args(args: &[String]) -> anyhow::Result<ImageArgs> {
         }
     }
     Ok(out)
+}
+
+fn parse_lameduck(s: &str) -> Result<Duration, String> {
+    fibril_dns::corefile::parse_duration(s)
+        .ok_or_else(|| format!("invalid duration `{s}` (e.g. 2s, 500ms)"))
 }
 
 /// `NS/NAME[:KEY]`.
@@ -320,12 +331,20 @@ pub fn run(args: DnsArgs) -> anyhow::Result<ExitCode> {
             placeholders,
             substitutions,
         };
+        let lameduck = args.lameduck;
+        let shutdown = async move {
+            shutdown_signal().await;
+            if let Some(d) = lameduck.filter(|d| !d.is_zero()) {
+                tracing::info!(duration = ?d, "dns: stopping; still answering for --lameduck");
+                tokio::time::sleep(d).await;
+            }
+        };
         match store {
-            Some(store) => fibril_dns::run_with_store(opts, store, shutdown_signal()).await,
+            Some(store) => fibril_dns::run_with_store(opts, store, shutdown).await,
             None => {
                 let empty: Arc<dyn fibril_dns::ClusterView> =
                     Arc::new(SharedIndex::new(ClusterIndex::default()));
-                fibril_dns::run(opts, empty, shutdown_signal()).await
+                fibril_dns::run(opts, empty, shutdown).await
             }
         }
         .with_context(|| format!("dns server ({what})"))
