@@ -20,6 +20,7 @@
 //! | GET | `/v1/nodes` | -> `Vec<`[`NodeEntry`]`>` (`node list`) |
 //! | GET | `/v1/lrp` | -> `Vec<`[`crate::services::LrpStatus`]`>` (`lrp list`) |
 //! | GET | `/v1/config` | -> the agent's config, flat form (text) |
+//! | GET | `/v1/flows?last=N&follow=1&...` | JSON lines of [`crate::flows::FlowLine`] (filters: [`crate::flows::FlowQuery`]) |
 //! | GET | `/metrics` | Prometheus text ([`crate::metrics`]) |
 //!
 //! Errors are [`ApiError`] bodies; `kind` is `range-full` when the node's
@@ -518,6 +519,143 @@ impl Client {
                 },
             })
         }
+    }
+
+    /// `GET /v1/flows?<query>` (see [`crate::flows::FlowQuery`]): calls
+    /// `on_line` for each line as it arrives until it returns false or the
+    /// agent ends the stream (without `follow`, after the stored flows).
+    pub fn flows(
+        &self,
+        query: &crate::flows::FlowQuery,
+        mut on_line: impl FnMut(crate::flows::FlowLine) -> bool,
+    ) -> Result<(), ClientError> {
+        use std::io::BufRead;
+        let io = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let bad = |reason: String| ClientError::BadResponse {
+            path: self.path.clone(),
+            reason,
+        };
+        let mut s = UnixStream::connect(&self.path).map_err(|source| ClientError::Unreachable {
+            path: self.path.clone(),
+            source,
+        })?;
+        s.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        // Following: lines may be minutes apart.
+        s.set_read_timeout(if query.follow {
+            None
+        } else {
+            Some(self.timeout)
+        })
+        .map_err(io)?;
+        let uri = format!("/v1/flows?{}", query.to_query_string());
+        let head = format!("GET {uri} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).map_err(io)?;
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(io)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            if r.read_line(&mut line).map_err(io)? == 0 || line.trim().is_empty() {
+                break;
+            }
+            let l = line.to_ascii_lowercase();
+            if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut body: Vec<u8> = Vec::new();
+        let emit = |body: &mut Vec<u8>, f: &mut dyn FnMut(crate::flows::FlowLine) -> bool| {
+            while let Some(nl) = body.iter().position(|b| *b == b'\n') {
+                let text: Vec<u8> = body.drain(..=nl).collect();
+                let text = String::from_utf8_lossy(&text);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str(text.trim()) {
+                    Ok(l) => {
+                        if !f(l) {
+                            return false;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, line = %text.trim(), "undecodable flow line");
+                    }
+                }
+            }
+            true
+        };
+        if !(200..300).contains(&status) {
+            let mut rest = Vec::new();
+            let _ = r.read_to_end(&mut rest);
+            let rest = if chunked {
+                dechunk(&rest).unwrap_or(rest)
+            } else {
+                rest
+            };
+            let error = serde_json::from_slice::<ApiError>(&rest).unwrap_or_else(|_| ApiError {
+                kind: "internal".into(),
+                message: format!(
+                    "agent answered {status}: {}",
+                    String::from_utf8_lossy(&rest)
+                ),
+            });
+            return Err(ClientError::Api { status, error });
+        }
+        if !chunked {
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = r.read(&mut buf).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&buf[..n]);
+                if !emit(&mut body, &mut on_line) {
+                    return Ok(());
+                }
+            }
+            body.push(b'\n');
+            emit(&mut body, &mut on_line);
+            return Ok(());
+        }
+        loop {
+            line.clear();
+            if r.read_line(&mut line).map_err(io)? == 0 {
+                break;
+            }
+            let size_str = line
+                .trim()
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            if size_str.is_empty() {
+                continue;
+            }
+            let size = usize::from_str_radix(&size_str, 16)
+                .map_err(|_| bad(format!("bad chunk size {size_str:?}")))?;
+            if size == 0 {
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..]).map_err(io)?;
+            let mut crlf = [0u8; 2];
+            r.read_exact(&mut crlf).map_err(io)?;
+            if !emit(&mut body, &mut on_line) {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// `GET /v1/healthz`: Ok when ready.

@@ -35,6 +35,7 @@
 //! 256..=65535; the same hash family the operator tries first).
 
 pub mod api;
+pub mod flows;
 pub mod format;
 mod garp;
 pub mod ipam;
@@ -258,12 +259,25 @@ async fn serve_node(
         stop_rx.clone(),
         sync::GC_INTERVAL,
     ));
-    let served = server::serve(opts.clone(), shared.clone(), stop_rx).await;
-    // Stopped (or the server failed): the sync and GC loops go too.
+    let flows = Arc::new(flows::FlowHub::new(
+        &opts.node_name,
+        flows::RING_CAPACITY,
+        flows::FOLLOW_BUFFER,
+    ));
+    let flows_task = tokio::spawn(flows::run(
+        opts.clone(),
+        shared.clone(),
+        flows.clone(),
+        stop_rx.clone(),
+    ));
+    let served = server::serve_with_flows(opts.clone(), shared.clone(), flows, stop_rx).await;
+    // Stopped (or the server failed): the sync, GC and flow loops go too.
     sync_task.abort();
     gc_task.abort();
+    flows_task.abort();
     let _ = sync_task.await;
     let _ = gc_task.await;
+    let _ = flows_task.await;
     served
 }
 

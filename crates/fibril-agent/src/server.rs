@@ -26,6 +26,7 @@ use crate::{AgentError, AgentOptions, Shared};
 struct Ctx {
     opts: AgentOptions,
     state: Shared,
+    flows: std::sync::Arc<crate::flows::FlowHub>,
 }
 
 struct Failure(StatusCode, ApiError);
@@ -79,6 +80,21 @@ async fn with_state<T: Send + 'static>(
 pub async fn serve(
     opts: AgentOptions,
     state: Shared,
+    stop: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let flows = std::sync::Arc::new(crate::flows::FlowHub::new(
+        &opts.node_name,
+        crate::flows::RING_CAPACITY,
+        crate::flows::FOLLOW_BUFFER,
+    ));
+    serve_with_flows(opts, state, flows, stop).await
+}
+
+/// [`serve`] with the node's flow hub (`GET /v1/flows`, flow metrics).
+pub async fn serve_with_flows(
+    opts: AgentOptions,
+    state: Shared,
+    flows: std::sync::Arc<crate::flows::FlowHub>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let path = opts.socket_path.clone();
@@ -111,8 +127,9 @@ pub async fn serve(
         .route("/v1/nodes", get(nodes))
         .route("/v1/lrp", get(lrps))
         .route("/v1/config", get(config))
+        .route("/v1/flows", get(crate::flows::serve_flows::<Ctx>))
         .route("/metrics", get(metrics))
-        .with_state(Ctx { opts, state });
+        .with_state(Ctx { opts, state, flows });
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -509,7 +526,24 @@ async fn metrics(State(ctx): State<Ctx>) -> Result<Response, Failure> {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        crate::metrics::render(&snap),
+        with_flow_metrics(
+            crate::metrics::render(&snap),
+            &ctx.flows.counters().render(),
+        ),
     )
         .into_response())
+}
+
+/// Inserts the flow metrics before the OpenMetrics `# EOF`.
+fn with_flow_metrics(text: String, flows: &str) -> String {
+    match text.strip_suffix("# EOF\n") {
+        Some(head) => format!("{head}{flows}# EOF\n"),
+        None => format!("{text}{flows}"),
+    }
+}
+
+impl crate::flows::HasFlows for Ctx {
+    fn flow_hub(&self) -> std::sync::Arc<crate::flows::FlowHub> {
+        self.flows.clone()
+    }
 }
