@@ -49,52 +49,24 @@ struct Podman {
 }
 
 impl Podman {
-    fn new(dir: &Path, cni_bin_dir: &Path, agent_socket: &Path) -> Self {
-        let d = dir.display();
-        for sub in ["net.d", "root", "runroot", "tmp"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        // runc, not crun: cgroups are hybrid here. setrlimit beyond the
-        // process's hard limits is not permitted, hence default_ulimits.
-        std::fs::write(
-            dir.join("containers.conf"),
-            format!(
-                r#"[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-lock_type = "file"
-tmp_dir = "{d}/tmp"
-
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["{}"]
-network_config_dir = "{d}/net.d"
-default_network = "fibril"
-"#,
-                cni_bin_dir.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/runroot\"\n"
-            ),
-        )
-        .unwrap();
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "fibril",
-            "plugins": [{"type": "fibril-cni", "agentSocket": agent_socket}],
-        });
-        std::fs::write(dir.join("net.d/fibril.conflist"), conflist.to_string()).unwrap();
-        Self {
-            dir: dir.to_path_buf(),
-        }
+    /// The config files (`scripts/podman-fibril.sh`, the script the docs
+    /// show) and the image, built from Debian's busybox-static.
+    fn configure(&self, cni_bin_dir: &Path, agent_socket: &Path) {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/podman-fibril.sh"
+        );
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(&self.dir)
+            .arg("--cni-bin-dir")
+            .arg(cni_bin_dir)
+            .arg("--agent-socket")
+            .arg(agent_socket)
+            .arg("--image")
+            .output()
+            .unwrap();
+        ok(out, "scripts/podman-fibril.sh");
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -108,44 +80,6 @@ default_network = "fibril"
             .args(args)
             .output()
             .unwrap()
-    }
-
-    /// Builds the image from Debian's busybox-static: `/bin/busybox` and a
-    /// link per applet, imported as a one-layer image.
-    fn build_image(&self) {
-        let rootfs = self.dir.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        for d in ["etc", "tmp", "proc", "sys", "dev"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-            }
-        }
-        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-        let tar = self.dir.join("rootfs.tar");
-        let t = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .output()
-            .unwrap();
-        ok(t, "tar rootfs");
-        ok(
-            self.run(&[
-                "import",
-                "--change",
-                "CMD [\"/bin/sh\"]",
-                tar.to_str().unwrap(),
-                IMAGE,
-            ]),
-            "podman import",
-        );
     }
 }
 
@@ -315,13 +249,14 @@ fn podman_container_on_a_lab_node_reaches_lab_pods() {
     );
     ok(fibril(&lab, &["apply", "-f", manifest]), "apply webpod");
 
-    let podman = Podman::new(
-        tmp.path(),
+    let podman = cleanup.podman.insert(Podman {
+        dir: tmp.path().to_path_buf(),
+    });
+    cleanup.tmp = Some(tmp);
+    podman.configure(
         &fibril_lab::paths::bin_dir(&lab),
         &fibril_lab::paths::agent_socket(&lab, NODE),
     );
-    cleanup.tmp = Some(tmp);
-    podman.build_image();
     let images = ok(
         podman.run(&["images", "--format", "{{.Repository}}:{{.Tag}}"]),
         "images",
@@ -332,7 +267,6 @@ fn podman_container_on_a_lab_node_reaches_lab_pods() {
         "network ls",
     );
     assert!(networks.contains("fibril fibril-cni"), "{networks}");
-    let podman = cleanup.podman.insert(podman);
 
     // Both webpod pods running with addresses (one per node: anti-affinity
     // is not required, so accept any placement but need two).
