@@ -62,6 +62,8 @@ enum Command {
     Rollout(cmd::kube::RolloutCommand),
     /// Debug a node (cilium-dbg): status, endpoint/service/ip/node/lrp lists, bpf maps.
     Dbg(cmd::dbg::DbgArgs),
+    /// Observe flows of every node of the lab (hubble observe).
+    Observe(cmd::observe::ObserveArgs),
 }
 
 fn init_tracing() {
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Scale(a) => cmd::kube::scale(a),
         Command::Rollout(c) => cmd::kube::rollout(c),
         Command::Dbg(a) => cmd::dbg::run(a),
+        Command::Observe(a) => cmd::observe::run(a),
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod kube;
 pub mod kubelet;
 pub mod lab;
+pub mod observe;
 pub mod operator;
 pub mod store;
 pub mod workload;
