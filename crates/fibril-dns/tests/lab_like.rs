@@ -109,12 +109,9 @@ fn every_lab_manifest_parses() {
                 }
             }
             corefiles += 1;
-        } else if name.ends_with(".zone") {
-            // Loaded through the Corefile that names it.
-        } else if name.ends_with(".md") {
-        } else {
-            panic!("{}: unknown kind of lab manifest file", f.display());
         }
+        // Zone files are loaded through the Corefile that names them; other
+        // files (docs) are not manifests.
     }
     assert!(corefiles >= 3, "coredns, node-local-dns, upstream-dns");
     assert!(zones >= 3);
