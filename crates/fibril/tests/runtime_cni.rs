@@ -2,8 +2,8 @@
 //! plugin. Debian's podman 4.3 (runc, CNI network backend) runs a container
 //! from a locally built busybox image on a lab node; the container gets an
 //! address from the node's agent, reaches the lab's whoami pods on both
-//! nodes, and removing it (CNI DEL) leaves no endpoint, veth, netns, mount or
-//! address behind.
+//! nodes and through their Service's ClusterIP, and removing it (CNI DEL)
+//! leaves no endpoint, veth, route, netns, mount or address behind.
 //!
 //! podman only ever sees temporary configuration (`CONTAINERS_CONF`,
 //! `CONTAINERS_STORAGE_CONF`, `--root`/`--runroot` under a temp dir); the
@@ -360,6 +360,24 @@ fn podman_container_on_a_lab_node_reaches_lab_pods() {
         );
         assert!(reply.contains(&format!("RemoteAddr: {ip}:")), "{reply}");
     }
+
+    // And the webpod Service's ClusterIP (the node's datapath balances it).
+    let cluster_ip = ok(
+        fibril(
+            &lab,
+            &["get", "svc", "webpod", "-o", "jsonpath={.spec.clusterIP}"],
+        ),
+        "get svc",
+    )
+    .trim()
+    .to_string();
+    let reply = http_get(podman, &name, &cluster_ip);
+    eprintln!("runtime_cni: ClusterIP {cluster_ip} answered:\n{reply}");
+    assert!(
+        pods.iter()
+            .any(|(pod, ..)| reply.contains(&format!("Hostname: {pod}"))),
+        "webpod via ClusterIP {cluster_ip}: {reply}"
+    );
 
     // Removing the container runs CNI DEL: nothing left behind.
     ok(
