@@ -970,3 +970,443 @@ fn json_line(l: &FlowLine) -> String {
     s.push('\n');
     s
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fibril_abi::{ip_be, port_be, DropReason, FlowEvent};
+
+    const CURL: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 5);
+    const WEB: Ipv4Addr = Ipv4Addr::new(172, 20, 1, 7);
+    const CIP: Ipv4Addr = Ipv4Addr::new(10, 96, 152, 212);
+
+    fn names() -> Names {
+        let mut n = Names {
+            local_node: "k8s-ctr".into(),
+            ..Default::default()
+        };
+        n.pods
+            .insert(CURL, ("default".into(), "curl-pod".into(), 5580));
+        n.pods.insert(
+            WEB,
+            ("default".into(), "webpod-697b545f57-bpzn9".into(), 12497),
+        );
+        n.nodes
+            .insert(Ipv4Addr::new(10, 0, 2, 15), "k8s-ctr".into());
+        n
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ev(
+        obs: ObsPoint,
+        src: (Ipv4Addr, u16),
+        dst: (Ipv4Addr, u16),
+        proto: u8,
+        flags: u8,
+        ct: CtState,
+    ) -> Flow {
+        let ty = if obs == ObsPoint::Unknown {
+            EventType::Drop
+        } else {
+            EventType::Trace
+        };
+        Flow::from_event(&FlowEvent {
+            event_type: ty as u8,
+            obs_point: obs as u8,
+            verdict: Verdict::Forwarded as u8,
+            saddr: ip_be(src.0),
+            daddr: ip_be(dst.0),
+            sport: port_be(src.1),
+            dport: port_be(dst.1),
+            proto,
+            tcp_flags: flags,
+            ct_state: ct as u8,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    const T1: u64 = 1_753_857_032_254_000_000;
+
+    #[test]
+    fn time_format() {
+        assert_eq!(format_time(T1), "Jul 30 06:30:32.254");
+        assert_eq!(
+            format_time(1_754_112_885_973_000_000),
+            "Aug  2 05:34:45.973"
+        );
+    }
+
+    #[test]
+    fn seed_lines_tcp_through_a_service() {
+        let mut e = Enricher::new(names());
+        let line = |e: &mut Enricher, f: Flow| format_line(&e.enrich(&f, T1));
+        assert_eq!(
+            line(&mut e, ev(ObsPoint::PreXlateFwd, (CURL, 58930), (CIP, 80), 6, 0x02, CtState::New)),
+            "Jul 30 06:30:32.254: default/curl-pod (ID:5580) <> 10.96.152.212:80 (world) pre-xlate-fwd TRACED (TCP)"
+        );
+        assert_eq!(
+            line(&mut e, ev(ObsPoint::PostXlateFwd, (CURL, 58930), (WEB, 80), 6, 0x02, CtState::New)),
+            "Jul 30 06:30:32.254: default/curl-pod (ID:5580) <> default/webpod-697b545f57-bpzn9:80 (ID:12497) post-xlate-fwd TRANSLATED (TCP)"
+        );
+        assert_eq!(
+            line(&mut e, ev(ObsPoint::ToEndpoint, (CURL, 58930), (WEB, 80), 6, 0x02, CtState::New)),
+            "Jul 30 06:30:32.254: default/curl-pod:58930 (ID:5580) -> default/webpod-697b545f57-bpzn9:80 (ID:12497) to-endpoint FORWARDED (TCP Flags: SYN)"
+        );
+        assert_eq!(
+            line(&mut e, ev(ObsPoint::ToEndpoint, (WEB, 80), (CURL, 58930), 6, 0x12, CtState::Reply)),
+            "Jul 30 06:30:32.254: default/curl-pod:58930 (ID:5580) <- default/webpod-697b545f57-bpzn9:80 (ID:12497) to-endpoint FORWARDED (TCP Flags: SYN, ACK)"
+        );
+        assert!(line(
+            &mut e,
+            ev(
+                ObsPoint::ToEndpoint,
+                (CURL, 58930),
+                (WEB, 80),
+                6,
+                0x18,
+                CtState::Established
+            )
+        )
+        .ends_with("to-endpoint FORWARDED (TCP Flags: ACK, PSH)"));
+        assert!(line(&mut e, ev(ObsPoint::ToNetwork, (WEB, 80), (CURL, 58930), 6, 0x11, CtState::Reply))
+            .contains("default/curl-pod:58930 (ID:5580) <- default/webpod-697b545f57-bpzn9:80 (ID:12497) to-network FORWARDED (TCP Flags: ACK, FIN)"));
+    }
+
+    #[test]
+    fn service_names_on_translation_points() {
+        let mut n = names();
+        n.services.insert((CIP, 80, 6), "default/webpod".into());
+        let mut e = Enricher::new(n);
+        let pre = e.enrich(
+            &ev(
+                ObsPoint::PreXlateFwd,
+                (CURL, 40000),
+                (CIP, 80),
+                6,
+                0x02,
+                CtState::New,
+            ),
+            T1,
+        );
+        assert_eq!(
+            pre.flow.as_ref().unwrap().service.as_deref(),
+            Some("default/webpod")
+        );
+        assert!(
+            format_line(&pre).contains("<> default/webpod:80 (world) pre-xlate-fwd TRACED (TCP)"),
+            "{}",
+            format_line(&pre)
+        );
+        let post = e.enrich(
+            &ev(
+                ObsPoint::PostXlateFwd,
+                (CURL, 40000),
+                (WEB, 80),
+                6,
+                0x02,
+                CtState::New,
+            ),
+            T1,
+        );
+        assert_eq!(
+            post.flow.as_ref().unwrap().service.as_deref(),
+            Some("default/webpod")
+        );
+        let rev = e.enrich(
+            &ev(
+                ObsPoint::PostXlateRev,
+                (CIP, 80),
+                (CURL, 40000),
+                6,
+                0x12,
+                CtState::Reply,
+            ),
+            T1,
+        );
+        assert_eq!(
+            rev.flow.as_ref().unwrap().service.as_deref(),
+            Some("default/webpod")
+        );
+        assert!(format_line(&rev).contains("default/webpod:80 (world) <> default/curl-pod (ID:5580) post-xlate-rev TRANSLATED (TCP)"));
+    }
+
+    #[test]
+    fn seed_lines_udp_icmp_host() {
+        let mut e = Enricher::new(names());
+        let mut n = names();
+        n.pods.insert(
+            WEB,
+            (
+                "kube-system".into(),
+                "coredns-674b8bbfcf-vvgfm".into(),
+                28565,
+            ),
+        );
+        e.names = n;
+        let t = 1_753_887_456_752_000_000;
+        let l = format_line(&e.enrich(
+            &ev(
+                ObsPoint::PreXlateRev,
+                (WEB, 53),
+                (CURL, 32772),
+                17,
+                0,
+                CtState::Reply,
+            ),
+            t,
+        ));
+        assert_eq!(l, "Jul 30 14:57:36.752: kube-system/coredns-674b8bbfcf-vvgfm:53 (ID:28565) <> default/curl-pod (ID:5580) pre-xlate-rev TRACED (UDP)");
+        let l = format_line(&e.enrich(
+            &ev(
+                ObsPoint::PostXlateRev,
+                (Ipv4Addr::new(10, 96, 0, 10), 53),
+                (CURL, 32772),
+                17,
+                0,
+                CtState::Reply,
+            ),
+            t,
+        ));
+        assert_eq!(l, "Jul 30 14:57:36.752: 10.96.0.10:53 (world) <> default/curl-pod (ID:5580) post-xlate-rev TRANSLATED (UDP)");
+        let l = format_line(&e.enrich(
+            &ev(
+                ObsPoint::ToNetwork,
+                (Ipv4Addr::new(10, 0, 2, 15), 44999),
+                (Ipv4Addr::new(10, 0, 2, 3), 53),
+                17,
+                0,
+                CtState::New,
+            ),
+            1_753_887_375_979_000_000,
+        ));
+        assert_eq!(l, "Jul 30 14:56:15.979: 10.0.2.15:44999 (host) -> 10.0.2.3:53 (world) to-network FORWARDED (UDP)");
+        let mut icmp = ev(ObsPoint::ToNetwork, (CURL, 0), (WEB, 0), 1, 0, CtState::New);
+        icmp.icmp_type = Some(8);
+        let l = format_line(&e.enrich(&icmp, 1_754_112_885_973_000_000));
+        assert_eq!(l, "Aug  2 05:34:45.973: default/curl-pod (ID:5580) -> kube-system/coredns-674b8bbfcf-vvgfm (ID:28565) to-network FORWARDED (ICMPv4 EchoRequest)");
+    }
+
+    #[test]
+    fn drops_show_the_reason() {
+        let mut e = Enricher::new(names());
+        let f = Flow::from_event(&FlowEvent {
+            event_type: EventType::Drop as u8,
+            obs_point: ObsPoint::ToNetwork as u8,
+            verdict: Verdict::Dropped as u8,
+            drop_reason: DropReason::PolicyDenied as u8,
+            saddr: ip_be(CURL),
+            daddr: ip_be(WEB),
+            sport: port_be(1234),
+            dport: port_be(80),
+            proto: 6,
+            tcp_flags: 0x02,
+            ..Default::default()
+        })
+        .unwrap();
+        let l = e.enrich(&f, T1);
+        assert_eq!(format_line(&l), "Jul 30 06:30:32.254: default/curl-pod:1234 (ID:5580) -> default/webpod-697b545f57-bpzn9:80 (ID:12497) to-network DROPPED (Policy denied) (TCP Flags: SYN)");
+        let hub = FlowHub::new("k8s-ctr", 4, 4);
+        hub.publish(l);
+        let c = hub.counters();
+        assert_eq!(c.drops.get("POLICY_DENIED"), Some(&1));
+        assert_eq!(
+            c.flows.get(&("DROPPED".to_string(), "drop".to_string())),
+            Some(&1)
+        );
+        let text = c.render();
+        assert!(
+            text.contains("fibril_drops_total{reason=\"POLICY_DENIED\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fibril_flows_total{verdict=\"DROPPED\",type=\"drop\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("fibril_flows_lost_total 0"), "{text}");
+    }
+
+    #[test]
+    fn filters_and_query_round_trip() {
+        let q = FlowQuery::parse(
+            "last=5&follow=1&pod=default%2Fcurl&protocol=TCP&port=80&verdict=forwarded&type=trace",
+        )
+        .unwrap();
+        assert_eq!(q.last, 5);
+        assert!(q.follow);
+        assert_eq!(q.filter.pod.as_deref(), Some("default/curl"));
+        assert_eq!(FlowQuery::parse(&q.to_query_string()).unwrap(), q);
+        assert!(FlowQuery::parse("protocol=sctp").is_err());
+        assert!(FlowQuery::parse("verdict=maybe").is_err());
+        assert!(FlowQuery::parse("bogus=1").is_err());
+
+        let mut e = Enricher::new(names());
+        let syn = e.enrich(
+            &ev(
+                ObsPoint::ToEndpoint,
+                (CURL, 5),
+                (WEB, 80),
+                6,
+                2,
+                CtState::New,
+            ),
+            T1,
+        );
+        let udp = e.enrich(
+            &ev(
+                ObsPoint::ToEndpoint,
+                (CURL, 5),
+                (WEB, 53),
+                17,
+                0,
+                CtState::New,
+            ),
+            T1,
+        );
+        assert!(q.filter.matches(&syn));
+        assert!(!q.filter.matches(&udp));
+        let by_pod = |p: &str| FlowFilter {
+            pod: Some(p.into()),
+            ..Default::default()
+        };
+        assert!(by_pod("curl-pod").matches(&syn));
+        assert!(by_pod("webpod").matches(&syn));
+        assert!(!by_pod("kube-system/curl-pod").matches(&syn));
+        let ns = FlowFilter {
+            namespace: Some("kube-system".into()),
+            ..Default::default()
+        };
+        assert!(!ns.matches(&syn));
+        // Lost notices always pass.
+        assert!(ns.matches(&FlowLine::lost("n", "X", 1, 0)));
+    }
+
+    #[test]
+    fn ring_is_bounded_and_last_n_is_newest() {
+        let hub = FlowHub::new("n", 8, 4);
+        let mut e = Enricher::new(names());
+        for i in 0..20u16 {
+            hub.publish(e.enrich(
+                &ev(
+                    ObsPoint::ToEndpoint,
+                    (CURL, i),
+                    (WEB, 80),
+                    6,
+                    2,
+                    CtState::New,
+                ),
+                u64::from(i),
+            ));
+        }
+        let all = hub.last(100, &FlowFilter::default());
+        assert_eq!(all.len(), 8);
+        assert_eq!(all.first().unwrap().time_ns, 12);
+        let last = hub.last(3, &FlowFilter::default());
+        assert_eq!(
+            last.iter().map(|l| l.time_ns).collect::<Vec<_>>(),
+            vec![17, 18, 19]
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_follower_loses_counted_events() {
+        // A tiny follower buffer: a follower that reads nothing while 100
+        // flows go by sees one EVENTS LOST line and then the newest flows.
+        let hub = FlowHub::new("k8s-w1", 64, 4);
+        let mut rx = hub.subscribe();
+        let mut e = Enricher::new(names());
+        for i in 0..100u16 {
+            hub.publish(e.enrich(
+                &ev(
+                    ObsPoint::ToEndpoint,
+                    (CURL, i),
+                    (WEB, 80),
+                    6,
+                    2,
+                    CtState::New,
+                ),
+                u64::from(i),
+            ));
+        }
+        let first = hub.next_for(&mut rx).await.unwrap();
+        let lost = first.lost_events.clone().expect("a lost-events line first");
+        assert_eq!(lost.num_events_lost, 96);
+        assert_eq!(lost.source, "FOLLOWER_BUFFER");
+        assert!(
+            format_line(&first).contains("EVENTS LOST: 96"),
+            "{}",
+            format_line(&first)
+        );
+        let next = hub.next_for(&mut rx).await.unwrap();
+        assert_eq!(next.time_ns, 96);
+        assert_eq!(hub.counters().lost, 96);
+        assert!(hub
+            .counters()
+            .render()
+            .contains("fibril_flows_lost_total 96"));
+        // Datapath overruns are published as lines and counted too.
+        hub.publish(FlowLine::lost("k8s-w1", "DATAPATH_RING_BUFFER", 4, 200));
+        assert_eq!(hub.counters().lost, 100);
+    }
+
+    /// Ingest figure: enrichment + ring + fan-out to one reading follower,
+    /// for a bounded number of events (the agent's consumer side; the
+    /// datapath counts lost events once it falls behind this rate).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ingest_rate() {
+        const N: u64 = 200_000;
+        let hub = Arc::new(FlowHub::new("n", RING_CAPACITY, FOLLOW_BUFFER));
+        let mut rx = hub.subscribe();
+        let h2 = hub.clone();
+        let follower = tokio::spawn(async move {
+            let mut seen = 0u64;
+            let mut lost = 0u64;
+            while seen + lost < N {
+                match h2.next_for(&mut rx).await {
+                    Some(l) => match l.lost_events {
+                        Some(x) => lost += x.num_events_lost,
+                        None => {
+                            let _ = json_line(&l);
+                            seen += 1
+                        }
+                    },
+                    None => break,
+                }
+            }
+            (seen, lost)
+        });
+        let mut n = names();
+        n.services.insert((CIP, 80, 6), "default/webpod".into());
+        let mut e = Enricher::new(n);
+        let flows: Vec<Flow> = (0..1000u16)
+            .map(|i| {
+                ev(
+                    ObsPoint::ToEndpoint,
+                    (CURL, 30000 + i),
+                    (WEB, 80),
+                    6,
+                    0x10,
+                    CtState::Established,
+                )
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut i = 0u64;
+        while i < N {
+            for f in &flows {
+                hub.publish(e.enrich(f, i));
+                i += 1;
+            }
+            // Batches as the ring buffer hands them over.
+            tokio::task::yield_now().await;
+        }
+        let ingest = start.elapsed();
+        let (seen, lost) = follower.await.unwrap();
+        let rate = N as f64 / ingest.as_secs_f64();
+        println!("flows_ingest_per_sec {rate:.0} flows/s");
+        println!("follower: {seen} flows, {lost} lost (buffer {FOLLOW_BUFFER})");
+        assert_eq!(seen + lost, N);
+        assert!(rate > 1000.0, "{rate}");
+    }
+}
