@@ -475,11 +475,19 @@ pub struct Names {
 pub struct Enricher {
     /// Current names.
     pub names: Names,
-    /// (client ip, client port, proto) -> service, from pre-xlate-fwd.
-    xlate: HashMap<(Ipv4Addr, u16, u8), String>,
+    /// (client ip, client port, proto) -> service (from pre-xlate-fwd) and
+    /// backend (from post-xlate-fwd).
+    xlate: HashMap<(Ipv4Addr, u16, u8), Xlate>,
 }
 
 const XLATE_CACHE: usize = 16384;
+
+/// A translated connection as seen at pre/post-xlate-fwd.
+#[derive(Debug, Clone)]
+struct Xlate {
+    service: String,
+    backend: Option<(Ipv4Addr, u16)>,
+}
 
 impl Enricher {
     /// An enricher with `names`.
@@ -565,6 +573,7 @@ impl Enricher {
             rec.source.port = 0;
             rec.destination.port = 0;
         }
+        let svc_of = |x: Option<&Xlate>| x.map(|x| x.service.clone());
         match f.obs_point {
             ObsPoint::PreXlateFwd => {
                 let svc = self
@@ -576,15 +585,24 @@ impl Enricher {
                     if self.xlate.len() >= XLATE_CACHE {
                         self.xlate.clear();
                     }
-                    self.xlate.insert((f.src_ip, f.src_port, proto), s.clone());
+                    self.xlate.insert(
+                        (f.src_ip, f.src_port, proto),
+                        Xlate {
+                            service: s.clone(),
+                            backend: None,
+                        },
+                    );
                 }
                 rec.service = svc;
             }
             ObsPoint::PostXlateFwd => {
-                rec.service = self.xlate.get(&(f.src_ip, f.src_port, proto)).cloned();
+                if let Some(x) = self.xlate.get_mut(&(f.src_ip, f.src_port, proto)) {
+                    x.backend = Some((f.dst_ip, f.dst_port));
+                    rec.service = Some(x.service.clone());
+                }
             }
             ObsPoint::PreXlateRev => {
-                rec.service = self.xlate.get(&(f.dst_ip, f.dst_port, proto)).cloned();
+                rec.service = svc_of(self.xlate.get(&(f.dst_ip, f.dst_port, proto)));
             }
             ObsPoint::PostXlateRev => {
                 rec.service = self
@@ -592,9 +610,24 @@ impl Enricher {
                     .services
                     .get(&(f.src_ip, f.src_port, proto))
                     .cloned()
-                    .or_else(|| self.xlate.get(&(f.dst_ip, f.dst_port, proto)).cloned());
+                    .or_else(|| svc_of(self.xlate.get(&(f.dst_ip, f.dst_port, proto))));
+                if !rec.source.service.is_empty() {
+                    // The frontend is no endpoint (Hubble: world).
+                    rec.source.identity = fibril_abi::identity::WORLD;
+                }
             }
-            _ => {}
+            _ => {
+                // A reply already translated back (source = the frontend):
+                // show the backend that answered, like Hubble does.
+                if !rec.source.service.is_empty() {
+                    if let Some(x) = self.xlate.get(&(f.dst_ip, f.dst_port, proto)) {
+                        if let Some((ip, port)) = x.backend {
+                            rec.source = self.peer(ip, port, f.src_identity, proto);
+                        }
+                        rec.service = Some(x.service.clone());
+                    }
+                }
+            }
         }
         FlowLine {
             flow: Some(rec),

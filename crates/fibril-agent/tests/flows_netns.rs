@@ -1,0 +1,572 @@
+//! Privileged end-to-end test of flow observability (S6): two agents on the
+//! seed-3w fabric (native routing, kube-proxy replacement), CNI pods, a
+//! ClusterIP Service `default/webpod`. A curl from `default/client` through
+//! the ClusterIP shows pre-xlate-fwd TRACED / post-xlate-fwd TRANSLATED
+//! naming the service and to-endpoint FORWARDED with SYN, SYN-ACK, ACK,
+//! ACK-PSH, ACK-FIN in order; with the backend on the other node the
+//! client's node shows to-network and the backend's node to-endpoint; a
+//! Service without backends gives a DROPPED flow with its reason; the flow
+//! metrics count them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fibril_agent::api::Client;
+use fibril_agent::flows::{format_line, FlowFilter, FlowLine, FlowQuery};
+use fibril_agent::AgentOptions;
+use fibril_api::fibril::{FibrilNodeSpec, NodeIpamSpec};
+use fibril_api::{EndpointSlice, FibrilNode, Service};
+use fibril_config::Config;
+use fibril_datapath::testing::fixture::{ChildGuard, TestNetns};
+use fibril_datapath::Datapath;
+use fibril_lab::{netns_name, Fabric, Topology};
+use fibril_netlink::NetNs;
+use fibril_store::{MemoryStore, SharedStore, StoreExt};
+use serde_json::json;
+
+const PY: &str = "/usr/bin/python3";
+const CURL: &str = "/usr/bin/curl";
+const PIN_ROOT: &str = "/sys/fs/bpf/fibril-test";
+const CIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
+
+fn uniq(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Agent {
+    opts: AgentOptions,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Agent {
+    fn start(opts: AgentOptions) -> Agent {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let o = opts.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(fibril_agent::run(o, async move {
+                let _ = rx.await;
+            }))
+            .map_err(|e| e.to_string())
+        });
+        let a = Agent {
+            opts,
+            stop: Some(tx),
+            thread: Some(thread),
+        };
+        let client = a.client();
+        let ok = eventually(Duration::from_secs(30), || {
+            if a.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                return Some(false);
+            }
+            client.healthz().ok().map(|_| true)
+        });
+        if ok != Some(true) {
+            let mut a = a;
+            let res = a.stop_now();
+            panic!("agent {} did not become ready: {res:?}", a.opts.node_name);
+        }
+        a
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.opts.socket_path)
+    }
+
+    fn stop_now(&mut self) -> Result<(), String> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err("agent panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.stop_now();
+    }
+}
+
+#[derive(Default)]
+struct Cleanup {
+    netns: Vec<String>,
+    pin_dirs: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.netns {
+            let _ = NetNs::delete_by_name(n);
+        }
+        for p in &self.pin_dirs {
+            if let Err(e) = Datapath::destroy(p) {
+                eprintln!("cleanup {}: {e}", p.display());
+            }
+        }
+        let _ = std::fs::remove_dir(PIN_ROOT);
+    }
+}
+
+fn cni_add(socket: &Path, cid: &str, netns: &str, pod: &str) -> Ipv4Addr {
+    let conf = json!({"cniVersion": "1.1.0", "name": "fibril", "type": "fibril-cni",
+        "agentSocket": socket})
+    .to_string();
+    let mut env = BTreeMap::new();
+    for (k, v) in [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", cid),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+    ] {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env.insert("CNI_NETNS".into(), format!("/run/netns/{netns}"));
+    env.insert(
+        "CNI_ARGS".into(),
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+    );
+    let mut out = Vec::new();
+    let code = fibril_cni::run_cni(&env, conf.as_bytes(), &mut out);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    assert_eq!(code, 0, "CNI ADD {pod}: {v}");
+    v["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap()
+}
+
+fn serve_http(ns: &TestNetns, dir: &Path) -> ChildGuard {
+    let g = ns.spawn(&format!(
+        "{PY} -m http.server 8080 --bind 0.0.0.0 --directory {}",
+        dir.display()
+    ));
+    let ok = eventually(Duration::from_secs(10), || {
+        ns.sh_output(&format!(
+            "{PY} -c 'import socket; socket.create_connection((\"127.0.0.1\", 8080), 1)'"
+        ))
+        .status
+        .success()
+        .then_some(())
+    });
+    assert!(ok.is_some(), "http server in {} did not start", ns.name());
+    g
+}
+
+fn curl(ns: &TestNetns, ip: Ipv4Addr, local_port: u16) -> bool {
+    ns.sh_output(&format!(
+        "{CURL} -s -o /dev/null --max-time 2 --local-port {local_port} http://{ip}:80/"
+    ))
+    .status
+    .success()
+}
+
+fn service(name: &str, ip: Ipv4Addr) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(),
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}}))
+    .unwrap()
+}
+
+fn slice(svc: &str, backends: &[(Ipv4Addr, &str)]) -> EndpointSlice {
+    let eps: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|(ip, node)| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}, "nodeName": node}))
+        .collect();
+    serde_json::from_value(
+        json!({"metadata": {"name": format!("{svc}-x1"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps}),
+    )
+    .unwrap()
+}
+
+async fn set_pod_cidrs(store: &SharedStore, node: &str, cidr: &str) {
+    let spec = FibrilNodeSpec {
+        ipam: Some(NodeIpamSpec {
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    store.create_as(&FibrilNode::new(node, spec)).await.unwrap();
+}
+
+/// Stored flows of an agent passing `filter` with `port` on either side.
+fn flows(c: &Client, filter: FlowFilter) -> Vec<FlowLine> {
+    let q = FlowQuery {
+        last: 8192,
+        follow: false,
+        filter,
+    };
+    let mut v = Vec::new();
+    c.flows(&q, |l| {
+        v.push(l);
+        true
+    })
+    .unwrap();
+    v
+}
+
+fn by_port(port: u16) -> FlowFilter {
+    FlowFilter {
+        port: Some(port),
+        ..Default::default()
+    }
+}
+
+fn dump(what: &str, v: &[FlowLine]) {
+    eprintln!("--- {what}");
+    for l in v {
+        eprintln!("{}", format_line(l));
+    }
+}
+
+/// Index of the first to-endpoint flow at or after `from` whose flags are
+/// exactly `flags` (`has` = contains them).
+fn find_flags(v: &[FlowLine], from: usize, obs: &str, want: &[&str], exact: bool) -> Option<usize> {
+    v.iter().enumerate().skip(from).find_map(|(i, l)| {
+        let f = l.flow.as_ref()?;
+        if f.obs_point != obs || f.verdict != "FORWARDED" {
+            return None;
+        }
+        let ok = if exact {
+            f.tcp_flags.len() == want.len()
+                && want.iter().all(|w| f.tcp_flags.iter().any(|x| x == w))
+        } else {
+            want.iter().all(|w| f.tcp_flags.iter().any(|x| x == w))
+        };
+        ok.then_some(i)
+    })
+}
+
+#[test]
+fn flows_through_a_cluster_ip() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello from webpod\n".repeat(50)).unwrap();
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = uniq("flw").replace('x', "_");
+    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let mut cleanup = Cleanup::default();
+
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/24"));
+    rt.block_on(set_pod_cidrs(&store, "k8s-w1", "10.244.1.0/24"));
+    let mut config = Config::default();
+    config
+        .apply_sets([
+            "ipam.mode=cluster-pool",
+            "routingMode=native",
+            "autoDirectNodeRoutes=true",
+            "ipv4NativeRoutingCIDR=10.244.0.0/16",
+            "kubeProxyReplacement=true",
+        ])
+        .unwrap();
+    let mut opts = |node: &str| {
+        let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
+        cleanup.pin_dirs.push(pin.clone());
+        let mut o = AgentOptions::new(
+            node,
+            &netns_name(&lab, node),
+            dir.path().join(node),
+            pin,
+            config.clone(),
+            store.clone(),
+        );
+        o.sync_interval = Duration::from_millis(200);
+        o
+    };
+    let ctr_opts = opts("k8s-ctr");
+    let w1_opts = opts("k8s-w1");
+    let ctr = Agent::start(ctr_opts.clone());
+    let w1 = Agent::start(w1_opts.clone());
+    eprintln!("agents ready after {:?}", t0.elapsed());
+
+    let mut pod = |tag: &str| {
+        let n = uniq(tag);
+        NetNs::create(&n).unwrap();
+        cleanup.netns.push(n.clone());
+        n
+    };
+    let (pc, p1, p2) = (pod("flwc"), pod("flw1"), pod("flw2"));
+    let c_ip = cni_add(&ctr_opts.socket_path, "cid-c", &pc, "client");
+    let s1_ip = cni_add(&w1_opts.socket_path, "cid-s1", &p1, "webpod-remote");
+    let s2_ip = cni_add(&ctr_opts.socket_path, "cid-s2", &p2, "webpod-local");
+    let (client, ns1, ns2) = (
+        TestNetns::existing(&pc),
+        TestNetns::existing(&p1),
+        TestNetns::existing(&p2),
+    );
+    let _g1 = serve_http(&ns1, &www);
+    let _g2 = serve_http(&ns2, &www);
+
+    // 1. ClusterIP with the local backend: the whole sequence on k8s-ctr.
+    rt.block_on(store.put_as(&service("webpod", CIP))).unwrap();
+    rt.block_on(store.put_as(&slice("webpod", &[(s2_ip, "k8s-ctr")])))
+        .unwrap();
+    let mut port = 45000u16;
+    let ok = eventually(Duration::from_secs(15), || {
+        port += 1;
+        curl(&client, CIP, port).then_some(())
+    });
+    assert!(ok.is_some(), "curl through the ClusterIP never answered");
+    // Let the names refresh (1 s) and the events arrive.
+    std::thread::sleep(Duration::from_millis(1500));
+    let port = port + 1;
+    assert!(curl(&client, CIP, port), "curl on port {port}");
+    let ctr_c = ctr.client();
+    let v = eventually(Duration::from_secs(5), || {
+        let v = flows(&ctr_c, by_port(port));
+        find_flags(&v, 0, "to-endpoint", &["ACK", "FIN"], false).map(|_| v)
+    })
+    .unwrap_or_else(|| flows(&ctr_c, by_port(port)));
+    dump("local backend", &v);
+    let lines: Vec<String> = v.iter().map(format_line).collect();
+    let pre = v
+        .iter()
+        .position(|l| {
+            l.flow
+                .as_ref()
+                .is_some_and(|f| f.obs_point == "pre-xlate-fwd")
+        })
+        .expect("pre-xlate-fwd flow");
+    let pf = v[pre].flow.as_ref().unwrap();
+    assert_eq!(pf.verdict, "TRACED");
+    assert_eq!(pf.service.as_deref(), Some("default/webpod"));
+    assert_eq!(pf.source.pod_name, "client");
+    assert_eq!(pf.destination.ip, Some(CIP));
+    assert!(
+        lines[pre].contains("default/client (ID:")
+            && lines[pre].contains("<> default/webpod:80 (world) pre-xlate-fwd TRACED (TCP)"),
+        "{}",
+        lines[pre]
+    );
+    let post = v
+        .iter()
+        .position(|l| {
+            l.flow
+                .as_ref()
+                .is_some_and(|f| f.obs_point == "post-xlate-fwd")
+        })
+        .expect("post-xlate-fwd flow");
+    assert!(post > pre, "post-xlate after pre-xlate");
+    let qf = v[post].flow.as_ref().unwrap();
+    assert_eq!(qf.verdict, "TRANSLATED");
+    assert_eq!(qf.service.as_deref(), Some("default/webpod"));
+    assert_eq!(qf.destination.ip, Some(s2_ip));
+    assert_eq!(qf.destination.pod_name, "webpod-local");
+    let syn = find_flags(&v, post, "to-endpoint", &["SYN"], true).expect("to-endpoint SYN");
+    let synack =
+        find_flags(&v, syn + 1, "to-endpoint", &["SYN", "ACK"], true).expect("SYN, ACK after SYN");
+    let ack =
+        find_flags(&v, synack + 1, "to-endpoint", &["ACK"], true).expect("ACK after SYN, ACK");
+    let psh =
+        find_flags(&v, ack + 1, "to-endpoint", &["ACK", "PSH"], false).expect("ACK, PSH after ACK");
+    let fin = find_flags(&v, psh + 1, "to-endpoint", &["ACK", "FIN"], false)
+        .expect("ACK, FIN after ACK, PSH");
+    assert!(
+        lines[syn].contains(&format!("default/client:{port} (ID:")),
+        "{}",
+        lines[syn]
+    );
+    assert!(
+        lines[syn].contains(" -> default/webpod-local:8080 (ID:"),
+        "{}",
+        lines[syn]
+    );
+    assert!(
+        lines[syn].ends_with("to-endpoint FORWARDED (TCP Flags: SYN)"),
+        "{}",
+        lines[syn]
+    );
+    assert!(
+        lines[synack].contains(" <- default/webpod-local:8080"),
+        "{}",
+        lines[synack]
+    );
+    assert!(
+        lines[synack].ends_with("(TCP Flags: SYN, ACK)"),
+        "{}",
+        lines[synack]
+    );
+    assert!(
+        v[fin].flow.as_ref().unwrap().source.ip == Some(c_ip)
+            || v[fin].flow.as_ref().unwrap().destination.ip == Some(c_ip)
+    );
+    // Agent-side filters.
+    let by_pod = flows(
+        &ctr_c,
+        FlowFilter {
+            pod: Some("default/client".into()),
+            port: Some(port),
+            ..Default::default()
+        },
+    );
+    assert_eq!(by_pod.len(), v.len());
+    let udp = flows(
+        &ctr_c,
+        FlowFilter {
+            protocol: Some("udp".into()),
+            port: Some(port),
+            ..Default::default()
+        },
+    );
+    assert!(udp.is_empty(), "{udp:?}");
+    eprintln!("local ClusterIP sequence ok ({:?})", t0.elapsed());
+
+    // 2. Remote backend (native routing): to-network on k8s-ctr,
+    //    to-endpoint on k8s-w1.
+    rt.block_on(store.put_as(&slice("webpod", &[(s1_ip, "k8s-w1")])))
+        .unwrap();
+    let mut port = 46000u16;
+    let ok = eventually(Duration::from_secs(15), || {
+        port += 1;
+        if !curl(&client, CIP, port) {
+            return None;
+        }
+        let v = flows(&ctr_c, by_port(port));
+        v.iter()
+            .any(|l| {
+                l.flow
+                    .as_ref()
+                    .is_some_and(|f| f.destination.ip == Some(s1_ip))
+            })
+            .then_some(())
+    });
+    assert!(ok.is_some(), "curl to the remote backend");
+    // The first connection may leave through the stack while the node's
+    // neighbour entry resolves; the next one is pure datapath.
+    let port = port + 1;
+    assert!(curl(&client, CIP, port), "second curl to the remote backend");
+    std::thread::sleep(Duration::from_millis(300));
+    let v = flows(&ctr_c, by_port(port));
+    dump("remote backend, k8s-ctr", &v);
+    let tn = v
+        .iter()
+        .find(|l| {
+            l.flow.as_ref().is_some_and(|f| {
+                f.obs_point == "to-network" && f.verdict == "FORWARDED" && f.tcp_flags == ["SYN"]
+            })
+        })
+        .expect("to-network SYN on the client's node");
+    let line = format_line(tn);
+    assert!(
+        line.contains(&format!("default/client:{port} (ID:")),
+        "{line}"
+    );
+    assert!(
+        line.contains(" -> default/webpod-remote:8080 (ID:"),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("to-network FORWARDED (TCP Flags: SYN)"),
+        "{line}"
+    );
+    let w1_c = w1.client();
+    let v = flows(&w1_c, by_port(port));
+    dump("remote backend, k8s-w1", &v);
+    assert!(
+        v.iter().any(
+            |l| l.flow.as_ref().is_some_and(|f| f.obs_point == "to-endpoint"
+                && f.tcp_flags == ["SYN"]
+                && f.source.pod_name == "client"
+                && f.destination.pod_name == "webpod-remote")
+        ),
+        "to-endpoint SYN on the backend's node"
+    );
+    eprintln!("cross-node to-network ok ({:?})", t0.elapsed());
+
+    // 3. A Service without backends: DROPPED with a reason.
+    rt.block_on(store.put_as(&service("empty", EMPTY_IP)))
+        .unwrap();
+    rt.block_on(store.put_as(&slice("empty", &[]))).unwrap();
+    let dport = 47001u16;
+    let drop = eventually(Duration::from_secs(10), || {
+        let _ = curl(&client, EMPTY_IP, dport);
+        let v = flows(
+            &ctr_c,
+            FlowFilter {
+                event_type: Some("drop".into()),
+                verdict: Some("DROPPED".into()),
+                ..Default::default()
+            },
+        );
+        v.into_iter().find(|l| {
+            l.flow
+                .as_ref()
+                .is_some_and(|f| f.destination.ip == Some(EMPTY_IP))
+        })
+    })
+    .expect("a DROPPED flow to the Service without backends");
+    let line = format_line(&drop);
+    eprintln!("{line}");
+    let f = drop.flow.as_ref().unwrap();
+    assert!(f.drop_reason.is_some(), "{f:?}");
+    assert!(line.contains(" DROPPED ("), "{line}");
+    assert!(line.contains("default/client"), "{line}");
+
+    // 4. Metrics.
+    let m = ctr_c.text("/metrics").unwrap();
+    let metric_lines: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("fibril_flows") || l.starts_with("fibril_drops"))
+        .collect();
+    eprintln!("{}", metric_lines.join("\n"));
+    assert!(
+        m.contains("fibril_flows_total{verdict=\"FORWARDED\",type=\"trace\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "fibril_drops_total{{reason=\"{}\"}}",
+            f.drop_reason.clone().unwrap()
+        )),
+        "{m}"
+    );
+    assert!(m.contains("fibril_flows_lost_total "), "{m}");
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
+    eprintln!("done in {:?}", t0.elapsed());
+}
