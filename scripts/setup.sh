@@ -8,7 +8,7 @@ PKGS=(
   iproute2 nftables tcpdump tshark iputils-ping
   etcd-server etcd-client protobuf-compiler libprotobuf-dev
   iperf3 sockperf dnsutils busybox-static curl netcat-openbsd dnsmasq-base
-  podman runc  # crates/fibril/tests/runtime_cni.rs: podman (CNI backend) drives fibril-cni
+  podman runc containerd  # crates/fibril/tests/runtime_cni.rs: podman (CNI backend) and ctr run --cni drive fibril-cni
 )
 
 missing=()

@@ -110,10 +110,33 @@ impl Drop for Cleanup {
                 }
             }
         }
-        drop(self.tmp.take());
+        if let Some(t) = self.tmp.take() {
+            kill_users_of(t.path());
+        }
         let _ = Command::new(env!("CARGO_BIN_EXE_fibril"))
             .args(["lab", "down", "--name", &self.lab])
             .output();
+    }
+}
+
+/// Kills (by PID) what the test started that still runs with `dir` in its
+/// command line: containerd and its shims after a hung `ctr`, conmon.
+fn kill_users_of(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -129,25 +152,19 @@ fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// podman and runc, installed from Debian's packages when missing (as
-/// scripts/setup.sh does). `false` only when they cannot be installed.
-fn ensure_podman() -> bool {
-    if have("podman") && have("runc") {
+/// The runtime's commands, installed from Debian's packages when missing
+/// (as scripts/setup.sh does). `false` only when they cannot be installed.
+fn ensure(packages: &[&str], commands: &[&str]) -> bool {
+    if commands.iter().all(|c| have(c)) {
         return true;
     }
-    eprintln!("runtime_cni: podman/runc missing, installing them with apt-get");
+    eprintln!("runtime_cni: installing {packages:?} with apt-get");
     let _ = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "podman",
-            "runc",
-        ])
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status();
-    have("podman") && have("runc")
+    commands.iter().all(|c| have(c))
 }
 
 /// `(name, phase, podIP, node)` of the lab's webpod pods.
@@ -169,6 +186,48 @@ fn webpods(lab: &str) -> Vec<(String, String, String, String)> {
             (f.len() == 4).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into()))
         })
         .collect()
+}
+
+/// Brings up the lab with the webpod Deployment and Service; returns the
+/// running webpods and the Service's ClusterIP.
+fn lab_with_webpods(lab: &str) -> (Vec<(String, String, String, String)>, String) {
+    ok(
+        Command::new(env!("CARGO_BIN_EXE_fibril"))
+            .args(["lab", "up", "--name", lab])
+            .output()
+            .unwrap(),
+        "lab up",
+    );
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../lab/manifests/webpod.yaml"
+    );
+    ok(fibril(lab, &["apply", "-f", manifest]), "apply webpod");
+    // Both webpod pods running with addresses (anti-affinity is not
+    // required, so any placement, but two of them).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pods = loop {
+        let p = webpods(lab);
+        if p.len() == 2
+            && p.iter()
+                .all(|(_, phase, ip, _)| phase == "Running" && !ip.is_empty())
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "webpod pods not running: {p:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let cluster_ip = ok(
+        fibril(
+            lab,
+            &["get", "svc", "webpod", "-o", "jsonpath={.spec.clusterIP}"],
+        ),
+        "get svc",
+    )
+    .trim()
+    .to_string();
+    assert!(!cluster_ip.is_empty(), "webpod Service has no ClusterIP");
+    (pods, cluster_ip)
 }
 
 fn lxc_links(netns: &str) -> BTreeSet<String> {
@@ -219,7 +278,7 @@ fn podman_container_on_a_lab_node_reaches_lab_pods() {
         eprintln!("SKIP runtime_cni: needs root (network namespaces, podman)");
         return;
     }
-    if !ensure_podman() {
+    if !ensure(&["podman", "runc"], &["podman", "runc"]) {
         eprintln!(
             "SKIP runtime_cni: podman/runc could not be installed from Debian's packages \
              (scripts/setup.sh installs them)"
@@ -238,18 +297,7 @@ fn podman_container_on_a_lab_node_reaches_lab_pods() {
         tmp: None,
     };
 
-    ok(
-        Command::new(env!("CARGO_BIN_EXE_fibril"))
-            .args(["lab", "up", "--name", &lab])
-            .output()
-            .unwrap(),
-        "lab up",
-    );
-    let manifest = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../lab/manifests/webpod.yaml"
-    );
-    ok(fibril(&lab, &["apply", "-f", manifest]), "apply webpod");
+    let (pods, cluster_ip) = lab_with_webpods(&lab);
 
     let podman = cleanup.podman.insert(Podman {
         dir: tmp.path().to_path_buf(),
@@ -269,21 +317,6 @@ fn podman_container_on_a_lab_node_reaches_lab_pods() {
         "network ls",
     );
     assert!(networks.contains("fibril fibril-cni"), "{networks}");
-
-    // Both webpod pods running with addresses (one per node: anti-affinity
-    // is not required, so accept any placement but need two).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pods = loop {
-        let p = webpods(&lab);
-        if p.len() == 2
-            && p.iter()
-                .all(|(_, phase, ip, _)| phase == "Running" && !ip.is_empty())
-        {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "webpod pods not running: {p:?}");
-        std::thread::sleep(Duration::from_millis(300));
-    };
 
     let node_netns = format!("fl-{lab}-{NODE}");
     let links_before = lxc_links(&node_netns);
@@ -368,15 +401,6 @@ fn podman_container_on_a_lab_node_reaches_lab_pods() {
     }
 
     // And the webpod Service's ClusterIP (the node's datapath balances it).
-    let cluster_ip = ok(
-        fibril(
-            &lab,
-            &["get", "svc", "webpod", "-o", "jsonpath={.spec.clusterIP}"],
-        ),
-        "get svc",
-    )
-    .trim()
-    .to_string();
     let reply = http_get(podman, &name, &cluster_ip);
     eprintln!("runtime_cni: ClusterIP {cluster_ip} answered:\n{reply}");
     assert!(
@@ -422,4 +446,123 @@ fn podman_container_on_a_lab_node_reaches_lab_pods() {
     let left = ok(podman.run(&["ps", "-a", "-q"]), "ps");
     assert!(left.trim().is_empty(), "containers left: {left}");
     eprintln!("runtime_cni: done in {:?}", started.elapsed());
+}
+
+#[test]
+fn ctr_run_cni_container_on_a_lab_node_reaches_lab_pods() {
+    if !is_root() {
+        eprintln!("SKIP runtime_cni: needs root (network namespaces, containerd)");
+        return;
+    }
+    if !ensure(&["containerd", "runc"], &["containerd", "ctr", "runc"]) {
+        eprintln!(
+            "SKIP runtime_cni: containerd/runc could not be installed from Debian's packages \
+             (scripts/setup.sh installs them)"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let lab = format!("rc{}", std::process::id());
+    let tmp = tempfile::Builder::new()
+        .prefix("fibril-ctr-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let _cleanup = Cleanup {
+        lab: lab.clone(),
+        podman: None,
+        tmp: Some(tmp),
+    };
+    let (pods, cluster_ip) = lab_with_webpods(&lab);
+    let node_netns = format!("fl-{lab}-{NODE}");
+    let links_before = lxc_links(&node_netns);
+
+    // One `ctr run --rm --cni` (ADD when the task starts, DEL with an empty
+    // CNI_NETNS when it exits); inside, the address and an HTTP GET to each
+    // webpod and to the ClusterIP, each retried while the datapath settles.
+    let mut script = String::from(
+        "get() { for i in $(seq 30); do r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $1 80); \
+         case $r in *Hostname:*) echo \"== $1\"; echo \"$r\"; return;; esac; sleep 0.3; done; \
+         echo \"== $1: no answer\"; }; ip -4 -o addr show eth0; ip route; ",
+    );
+    for (_, _, ip, _) in &pods {
+        script.push_str(&format!("get {ip}; "));
+    }
+    script.push_str(&format!("get {cluster_ip}"));
+    let id = format!("fibril-ctr-{}", std::process::id());
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/ctr-fibril.sh"
+        ))
+        .arg(&dir)
+        .arg("--cni-bin-dir")
+        .arg(fibril_lab::paths::bin_dir(&lab))
+        .arg("--agent-socket")
+        .arg(fibril_lab::paths::agent_socket(&lab, NODE))
+        .args(["--id", &id, "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let reply = ok(out, "scripts/ctr-fibril.sh");
+    eprintln!("runtime_cni: ctr container {id}:\n{reply}");
+
+    // Its address: a /32 from the node's pod CIDR, default route on eth0.
+    let ip = reply
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.strip_suffix("/32"))
+        .unwrap_or_else(|| panic!("no /32 on eth0 in:\n{reply}"))
+        .to_string();
+    assert!(ip.starts_with("10."), "container address {ip:?}");
+    assert!(reply.contains("default via"), "{reply}");
+    for (pod, _, pod_ip, node) in &pods {
+        let part = reply
+            .split("== ")
+            .find(|p| p.starts_with(&format!("{pod_ip}\n")))
+            .unwrap_or_else(|| panic!("no answer from {pod} ({pod_ip} on {node}):\n{reply}"));
+        assert!(part.contains(&format!("Hostname: {pod}")), "{part}");
+        assert!(part.contains(&format!("RemoteAddr: {ip}:")), "{part}");
+    }
+    let part = reply
+        .split("== ")
+        .find(|p| p.starts_with(&format!("{cluster_ip}\n")))
+        .unwrap_or_else(|| panic!("no answer from ClusterIP {cluster_ip}:\n{reply}"));
+    assert!(part.contains("Hostname: webpod-"), "{part}");
+
+    // DEL ran when the task exited: nothing left behind.
+    let eps = ok(
+        fibril(&lab, &["dbg", "--node", NODE, "endpoint", "list"]),
+        "endpoint list",
+    );
+    assert!(
+        !eps.contains(&ip),
+        "endpoint {ip} left after ctr run --rm:\n{eps}"
+    );
+    assert_eq!(
+        lxc_links(&node_netns),
+        links_before,
+        "veth left after ctr run --rm"
+    );
+    assert_eq!(ipam_owner(&lab, &ip), None, "address {ip} not released");
+    let routes = text(
+        &Command::new("ip")
+            .args(["-n", &node_netns, "route"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        !routes.contains(&format!("{ip} ")),
+        "route to {ip} left:\n{routes}"
+    );
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("fibril-cni-"))
+        .collect();
+    assert!(netns.is_empty(), "plugin netns binds left: {netns:?}");
+    eprintln!("runtime_cni: ctr done in {:?}", started.elapsed());
 }
