@@ -70,7 +70,9 @@ impl Podman {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new("podman")
+        // A hung podman must not hang the test (the guard then cleans up).
+        Command::new("timeout")
+            .args(["60", "podman"])
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
             .arg("--root")
