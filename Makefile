@@ -6,7 +6,7 @@ CARGO ?= cargo
 RELEASE_BIN := target/release/fibril
 TOPOLOGY ?= seed-3w
 
-.PHONY: all setup build build-release lab lab-down test lint fmt bench bench-datapath fuzz clean
+.PHONY: all setup build build-release lab lab-down test lint fmt bench bench-datapath bench-cluster fuzz clean
 
 all: build
 
@@ -56,6 +56,11 @@ bench: setup
 ## make bench-datapath: datapath figures (root; builds its own namespaces, ~5 min).
 bench-datapath: setup
 	$(CARGO) bench -p fibril-datapath --bench datapath
+
+## make bench-cluster: control-plane figures on a seed-4w lab (root; ~3 min):
+## CNI ADD/DEL latency, pods/s, agent RSS with 1,000 services, lab up/down.
+bench-cluster: setup
+	$(CARGO) bench -p fibril --bench cluster
 
 fuzz: setup
 	bash scripts/fuzz.sh
