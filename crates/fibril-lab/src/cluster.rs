@@ -199,8 +199,9 @@ fn cerr(lab: &str, step: impl Into<String>, detail: impl Into<String>) -> LabErr
 /// cluster-pool 10.0.0.0/8 /24, tunnel/VXLAN), the topology's `cluster`
 /// ranges as `k8sClusterCIDR`/`k8sNodeCIDRMaskSize`/`k8sServiceCIDR` and
 /// `loadBalancerIPPool`, `kubeProxyReplacement=true` (the lab has no
-/// kube-proxy: services work only through Fibril, as in the seeds), then
-/// `sets` (which win over all of these).
+/// kube-proxy: services work only through Fibril) and `bpf.masquerade=true`
+/// (no iptables masquerading either: pods reach the router's resolver), as
+/// the seeds install Cilium, then `sets` (which win over all of these).
 pub fn initial_config(fabric: &Fabric, sets: &[String]) -> LabResult<Config> {
     let lab = fabric.lab();
     let mut config = Config::default();
@@ -210,6 +211,7 @@ pub fn initial_config(fabric: &Fabric, sets: &[String]) -> LabResult<Config> {
     config.k8s_service_cidr = c.service_cidr;
     config.load_balancer_ip_pool = c.load_balancer_cidrs.clone();
     config.kube_proxy_replacement = true;
+    config.bpf_masquerade = true;
     config
         .apply_sets(sets)
         .map_err(|e| cerr(lab, "--set", e.to_string()))?;
@@ -376,12 +378,73 @@ pub fn start(
         progress(&format!("✓ agent       {node} (pid {})", p.pid));
     }
     wait_nodes_ready(&rec, &nodes, opts.timeout, progress)?;
+    start_lab_resolver(fabric, &mut rec, &exe, progress)?;
     // A component that crashed after its readiness check fails `up` too.
     std::thread::sleep(Duration::from_millis(500));
     if let Some(p) = rec.processes.iter().find(|p| !p.alive()) {
         return Err(died(&lab, p));
     }
     Ok(rec)
+}
+
+/// The lab's "internet" resolver: `fibril dns --lab-upstream` on the router
+/// (a test zone, NXDOMAIN for everything else, so nothing leaves the lab),
+/// and per node a `resolv.conf` naming the router's address on that node's
+/// subnet, which the kubelet gives `dnsPolicy: Default` pods (CoreDNS
+/// forwards there).
+fn start_lab_resolver(
+    fabric: &Fabric,
+    rec: &mut ClusterRecord,
+    exe: &str,
+    progress: &mut dyn FnMut(&str),
+) -> LabResult<()> {
+    let lab = fabric.lab().to_string();
+    let Some(router) = fabric.topology().router.clone() else {
+        return Ok(());
+    };
+    for node in &fabric.topology().nodes {
+        let Some(ns_ip) = node.interfaces.iter().find_map(|i| {
+            router
+                .interfaces
+                .iter()
+                .find(|r| r.network == i.network)
+                .map(|r| r.address)
+        }) else {
+            continue;
+        };
+        let dir = paths::node_dir(&lab, &node.name);
+        fs::create_dir_all(&dir)
+            .and_then(|_| fs::write(dir.join("resolv.conf"), format!("nameserver {ns_ip}\n")))
+            .map_err(|e| cerr(&lab, "node resolv.conf", format!("{}: {e}", dir.display())))?;
+    }
+    let zone_dir = crate::state::lab_dir(&lab).join("upstream-dns");
+    let argv = vec![
+        exe.to_string(),
+        "dns".into(),
+        "--lab-upstream".into(),
+        zone_dir.to_string_lossy().into_owned(),
+    ];
+    let p = spawn(
+        &lab,
+        "router-dns",
+        None,
+        fabric.netns_name(&router.name)?,
+        &argv,
+    )?;
+    rec.replace(p.clone());
+    rec.save()?;
+    progress(&format!(
+        "✓ router-dns  {} port 53 (pid {})",
+        router.name, p.pid
+    ));
+    Ok(())
+}
+
+/// The cluster DNS add-on `lab up` applies (CoreDNS Deployment, its
+/// Corefile, the `kube-dns` Service), with the topology's DNS service IP.
+pub fn cluster_dns_manifest(topology: &crate::Topology) -> String {
+    include_str!("../../../lab/manifests/coredns.yaml")
+        .replace("10.96.0.10", &topology.cluster.dns_service_ip.to_string())
 }
 
 fn agent_argv(exe: &str, lab: &str, netns: &str, node: &str, etcd_url: &str) -> Vec<String> {

@@ -146,13 +146,12 @@ fn s1_ipam_native_routing_masquerading() {
     lab.ok(&["rollout", "restart", "deployment/webpod"]);
     lab.apply(CURL_POD);
     let ready = eventually(Duration::from_secs(90), || {
-        let pods = lab.pods("");
-        let fresh = pods
-            .iter()
-            .filter(|p| {
-                (p.0.starts_with("webpod-") || p.0 == "curl-pod") && p.2.starts_with("172.20.")
-            })
-            .count();
+        let pods: Vec<_> = lab
+            .pods("")
+            .into_iter()
+            .filter(|p| p.0.starts_with("webpod-") || p.0 == "curl-pod")
+            .collect();
+        let fresh = pods.iter().filter(|p| p.2.starts_with("172.20.")).count();
         let old = pods.iter().filter(|p| p.2.starts_with("10.244.")).count();
         (fresh == 3 && old == 0).then_some(pods)
     });

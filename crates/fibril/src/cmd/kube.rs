@@ -421,13 +421,26 @@ pub fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         let parsed = fibril_api::parse_manifests(&text).with_context(|| f.to_string())?;
         objects.extend(parsed);
     }
-    let (rt, rec) = session(&a.lab.lab)?;
+    apply_objects(&a.lab.lab, objects, a.namespace.as_deref(), "")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates or updates `objects` in the lab's store, printing one
+/// `kind/name created|configured|unchanged` line each (after `prefix`).
+/// Enters the lab's control-plane netns (see [`session`]).
+pub fn apply_objects(
+    lab: &str,
+    objects: Vec<fibril_api::AnyObject>,
+    namespace: Option<&str>,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let (rt, rec) = session(lab)?;
     rt.block_on(async {
         let store = fibril_lab::cluster::connect(&rec).await?;
         for mut obj in objects {
-            if let Some(ns) = &a.namespace {
+            if let Some(ns) = namespace {
                 if obj.metadata().namespace.is_none() {
-                    obj.metadata_mut().namespace = Some(ns.clone());
+                    obj.metadata_mut().namespace = Some(ns.to_string());
                 }
             }
             let display = display_of(obj.kind(), obj.api_version());
@@ -437,11 +450,10 @@ pub fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             let verb = apply_one(&store, &key, value)
                 .await
                 .with_context(|| format!("{display}/{}", key.name))?;
-            println!("{display}/{} {verb}", key.name);
+            println!("{prefix}{display}/{} {verb}", key.name);
         }
         anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Metadata the server owns: not compared, kept from the stored object.

@@ -58,6 +58,9 @@ pub struct UpArgs {
     /// Only the network fabric: no etcd, no cluster processes.
     #[arg(long)]
     pub fabric_only: bool,
+    /// Skip the cluster DNS add-on (CoreDNS pods behind the kube-dns Service).
+    #[arg(long)]
+    pub no_dns: bool,
     /// Seconds each start-up step may take.
     #[arg(long, default_value_t = 90)]
     pub timeout: u64,
@@ -162,6 +165,12 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("error: teardown: {e2}");
             }
             bail!("lab up --name {lab} failed (see above)");
+        }
+        if !a.no_dns {
+            let text = fibril_lab::cluster::cluster_dns_manifest(&topo);
+            let objects = fibril_api::parse_manifests(&text).context("the cluster DNS add-on")?;
+            super::kube::apply_objects(&lab, objects, None, "  ✓ dns         ")
+                .context("apply the cluster DNS add-on")?;
         }
         println!(
             "lab {lab}: cluster is up ({:.1} s); logs in {}",

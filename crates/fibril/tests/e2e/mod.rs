@@ -9,6 +9,7 @@
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -41,23 +42,38 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// One lab at a time per test binary: labs are heavy for a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// A running lab; `lab down` on drop.
 pub struct Lab {
     pub name: String,
+    _serial: MutexGuard<'static, ()>,
 }
 
 impl Lab {
     /// `fibril lab up --topology T --name <unique> --set ...`; panics with the
     /// command's output when it fails.
     pub fn up(tag: &str, topology: &str, sets: &[&str]) -> Lab {
-        let name = format!("{tag}{}", std::process::id() % 100_000);
-        let lab = Lab { name };
-        // A leftover of an earlier crashed run with the same name goes first.
-        let _ = lab.run(&["lab", "down", "--name", &lab.name]);
-        let mut args = vec!["lab", "up", "--topology", topology, "--name", &lab.name];
+        let mut args = Vec::new();
         for s in sets {
             args.extend(["--set", s]);
         }
+        Lab::up_args(tag, topology, &args)
+    }
+
+    /// Like [`Lab::up`] with raw `lab up` arguments (`--set k=v`, `--no-dns`).
+    pub fn up_args(tag: &str, topology: &str, extra: &[&str]) -> Lab {
+        let name = format!("{tag}{}", std::process::id() % 100_000);
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let lab = Lab {
+            name,
+            _serial: serial,
+        };
+        // A leftover of an earlier crashed run with the same name goes first.
+        let _ = lab.run(&["lab", "down", "--name", &lab.name]);
+        let mut args = vec!["lab", "up", "--topology", topology, "--name", &lab.name];
+        args.extend_from_slice(extra);
         let o = lab.run(&args);
         assert!(o.status.success(), "lab up failed:\n{}", text(&o));
         lab
@@ -109,12 +125,16 @@ impl Lab {
         args.extend_from_slice(cmd);
         let out = tempfile::NamedTempFile::new().expect("tempfile");
         let path = out.path().to_path_buf();
+        // One open file description for both streams, so they append
+        // instead of overwriting each other.
+        let stdout = out.reopen().expect("reopen");
+        let stderr = stdout.try_clone().expect("clone");
         let child = Command::new(bin())
             .args(&args)
             .env("FIBRIL_LAB", &self.name)
             .stdin(Stdio::null())
-            .stdout(out.reopen().expect("reopen"))
-            .stderr(out.reopen().expect("reopen"))
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0)
             .spawn()
             .expect("spawn");
