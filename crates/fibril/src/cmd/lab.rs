@@ -27,6 +27,24 @@ pub enum LabCommand {
     /// setns, so /sys and bpffs stay as they are) and return its exit code.
     #[command(after_help = "Example: fibril lab exec k8s-ctr -- ping -c1 192.168.10.101")]
     Exec(ExecArgs),
+    /// Restart one cluster process (stopped by PID if it still runs, started
+    /// again with the same arguments), as Kubernetes restarts a crashed pod.
+    #[command(
+        after_help = "Components: etcd, operator, controller, router-dns, agent-<node>, kubelet-<node> (see `fibril lab status`).\nExample: fibril lab restart agent-k8s-w1"
+    )]
+    Restart(RestartArgs),
+}
+
+/// `fibril lab restart` arguments.
+#[derive(Args)]
+pub struct RestartArgs {
+    /// The component, as `fibril lab status` lists it.
+    pub component: String,
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Seconds the restart may take (agents: until healthy).
+    #[arg(long, default_value_t = 90)]
+    pub timeout: u64,
 }
 
 fn lab_up_help() -> String {
@@ -117,6 +135,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Down(a) => down(a),
         LabCommand::Status(a) => status(a),
         LabCommand::Exec(a) => exec(a),
+        LabCommand::Restart(a) => restart(a),
     }
 }
 
@@ -243,6 +262,19 @@ fn upgrade(a: UpgradeArgs) -> anyhow::Result<ExitCode> {
         println!("  set {s}");
     }
     println!("lab {lab}: upgraded ({} settings stored)", flat.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restart(a: RestartArgs) -> anyhow::Result<ExitCode> {
+    require_root("restart")?;
+    let lab = a.name.name;
+    let p = fibril_lab::cluster::restart_component(
+        &lab,
+        &a.component,
+        std::time::Duration::from_secs(a.timeout),
+    )
+    .with_context(|| format!("lab restart {} --name {lab}", a.component))?;
+    println!("lab {lab}: {} restarted (pid {})", a.component, p.pid);
     Ok(ExitCode::SUCCESS)
 }
 

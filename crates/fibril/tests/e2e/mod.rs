@@ -123,6 +123,31 @@ impl Lab {
     pub fn spawn_on(&self, host: &str, cmd: &[&str]) -> Background {
         let mut args = vec!["lab", "exec", host, "--name", &self.name, "--"];
         args.extend_from_slice(cmd);
+        self.spawn(&args)
+    }
+
+    /// A background command inside a pod (`fibril exec POD -- CMD`).
+    pub fn spawn_in_pod(&self, pod: &str, cmd: &[&str]) -> Background {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(cmd);
+        self.spawn(&args)
+    }
+
+    /// PID of a lab process (`cluster.json`), e.g. `agent-k8s-ctr`, `etcd`.
+    pub fn pid_of(&self, component: &str) -> i32 {
+        let path = format!("/run/fibril/labs/{}/cluster.json", self.name);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("cluster.json"))
+                .expect("cluster.json parses");
+        v["processes"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["component"] == component))
+            .and_then(|p| p["pid"].as_i64())
+            .unwrap_or_else(|| panic!("no {component} in {path}")) as i32
+    }
+
+    /// `fibril ARGS` in the background.
+    pub fn spawn(&self, args: &[&str]) -> Background {
         let out = tempfile::NamedTempFile::new().expect("tempfile");
         let path = out.path().to_path_buf();
         // One open file description for both streams, so they append
@@ -130,7 +155,7 @@ impl Lab {
         let stdout = out.reopen().expect("reopen");
         let stderr = stdout.try_clone().expect("clone");
         let child = Command::new(bin())
-            .args(&args)
+            .args(args)
             .env("FIBRIL_LAB", &self.name)
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -222,6 +247,18 @@ impl Background {
     /// What it printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for it to exit by itself; its output if it did.
+    pub fn wait(&mut self, timeout: Duration) -> Option<String> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(self.output());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// Stops it (SIGINT, so tcpdump flushes) and returns its output.
