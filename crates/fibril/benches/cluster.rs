@@ -3,13 +3,17 @@
 //!
 //! ```text
 //! lab_up_seed4w_s          `fibril lab up --topology seed-4w` until it returns
+//! cni_exec_version_p50_ms  the plugin process alone (CNI VERSION), one at a time
+//! cni_add_serial_p50_ms    10 ADDs one at a time (each then DELeted), idle node
 //! cni_add_p50_ms           100 concurrent ADDs through the lab's fibril-cni
 //! cni_add_p99_ms             binary against k8s-w1's agent (spawn to exit,
 //! cni_del_p99_ms             as the pod runner sees it), then 100 DELs
 //! lab_pods_per_sec         Deployment of 40 whoami replicas: apply -> all Running
 //! agent_sync_1000_services_ms  1,000 Services + EndpointSlices (10,000 backends)
-//!                            written to the lab's etcd -> k8s-w0's agent reports
-//!                            them programmed
+//!                            written to the lab's etcd (8 writers) -> k8s-w0's
+//!                            agent reports them programmed (frontends and
+//!                            lb4_backends entries, from its status)
+//! agent_sync_after_last_write_ms  the same, from the end of the writes
 //! agent_rss_mib            VmRSS of k8s-w0's agent with those services and
 //!                            100 local pods (Deployment pinned by nodeSelector)
 //! lab_down_seed4w_s        `fibril lab down` until it returns
@@ -36,12 +40,16 @@ use serde_json::{json, Value};
 /// The whole run may not take longer than this (every wait is bounded by it).
 const RUN_BUDGET: Duration = Duration::from_secs(280);
 const CNI_PODS: usize = 100;
+/// ADDs one at a time before the concurrent ones (the idle baseline).
+const SERIAL_ADDS: usize = 10;
 const CNI_NODE: &str = "k8s-w1";
 const RATE_REPLICAS: usize = 40;
 const RSS_NODE: &str = "k8s-w0";
 const RSS_PODS: usize = 100;
 const SERVICES: usize = 1000;
 const BACKENDS_PER_SERVICE: usize = 10;
+/// Concurrent store writers for the services.
+const WRITERS: usize = 8;
 
 type Res<T> = Result<T, String>;
 
@@ -283,6 +291,29 @@ fn cni_part(b: &Bench) -> Res<()> {
         guard.0.push(ns.clone());
         pods.push((format!("benchcni{i:03}"), ns));
     }
+    // Baselines: the plugin process alone (VERSION: exec, parse, print), then
+    // one ADD at a time (each followed by its DEL) on the otherwise idle node.
+    let serial: Res<(Vec<f64>, Vec<f64>)> = std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(&node_netns).map_err(|e| format!("setns: {e}"))?;
+            let mut exec = Vec::new();
+            for _ in 0..SERIAL_ADDS {
+                let d = cni_call(&plugin, &conf, "VERSION", "", "")?;
+                exec.push(d.as_secs_f64() * 1e3);
+            }
+            exec.sort_by(|a, b| a.total_cmp(b));
+            let mut ms = Vec::new();
+            for (cid, ns) in pods.iter().take(SERIAL_ADDS) {
+                let d = cni_call(&plugin, &conf, "ADD", cid, &format!("/run/netns/{ns}"))?;
+                ms.push(d.as_secs_f64() * 1e3);
+                cni_call(&plugin, &conf, "DEL", cid, &format!("/run/netns/{ns}"))?;
+            }
+            ms.sort_by(|a, b| a.total_cmp(b));
+            Ok((exec, ms))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("thread panicked".into()))
+    });
     let t = Instant::now();
     let add = concurrent(&plugin, &conf, &node_netns, "ADD", &pods);
     let add_wall = t.elapsed();
@@ -291,8 +322,11 @@ fn cni_part(b: &Bench) -> Res<()> {
     let del = concurrent(&plugin, &conf, &node_netns, "DEL", &pods);
     let del_wall = t.elapsed();
     drop(guard);
+    let (exec, serial) = serial?;
+    println!("cni_exec_version_p50_ms {:.1} ms", percentile(&exec, 50));
     let add = add?;
     let del = del?;
+    println!("cni_add_serial_p50_ms {:.1} ms", percentile(&serial, 50));
     println!(
         "({CNI_PODS} concurrent ADDs on {CNI_NODE}: wall {:.0} ms, max {:.1} ms; DELs: wall {:.0} ms, p50 {:.1} ms)",
         add_wall.as_secs_f64() * 1e3,
@@ -428,16 +462,36 @@ fn rss_part(b: &Bench) -> Res<()> {
     for i in 0..SERVICES {
         objs.push(service_objects(i)?);
     }
+    // Written by WRITERS connections at once (one etcd client each), so the
+    // figure is more about the agent than about sequential etcd round trips.
+    let mut chunks: Vec<Vec<_>> = (0..WRITERS).map(|_| Vec::new()).collect();
+    for (i, o) in objs.into_iter().enumerate() {
+        chunks[i % WRITERS].push(o);
+    }
     let t0 = Instant::now();
-    let written = with_store(&rec, move |store| async move {
-        for (svc, slice) in &objs {
-            store.create_as(svc).await.map_err(|e| e.to_string())?;
-            store.create_as(slice).await.map_err(|e| e.to_string())?;
-        }
-        Ok::<_, String>(())
+    let written: Vec<Res<()>> = std::thread::scope(|s| {
+        let hs: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let rec = rec.clone();
+                s.spawn(move || {
+                    with_store(&rec, move |store| async move {
+                        for (svc, slice) in &chunk {
+                            store.create_as(svc).await.map_err(|e| e.to_string())?;
+                            store.create_as(slice).await.map_err(|e| e.to_string())?;
+                        }
+                        Ok::<_, String>(())
+                    })
+                    .map_err(|e| e.to_string())?
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("writer panicked".into())))
+            .collect()
     });
-    written.map_err(|e| e.to_string())??;
     let write = t0.elapsed();
+    written.into_iter().collect::<Res<Vec<()>>>()?;
     let want = (svc0 + SERVICES, be0 + SERVICES * BACKENDS_PER_SERVICE);
     let end = Instant::now() + Duration::from_secs(90).min(b.left());
     let mut last = (svc0, be0);
@@ -472,6 +526,10 @@ fn rss_part(b: &Bench) -> Res<()> {
     println!(
         "agent_sync_1000_services_ms {:.0} ms",
         synced.as_secs_f64() * 1e3
+    );
+    println!(
+        "agent_sync_after_last_write_ms {:.0} ms",
+        synced.saturating_sub(write).as_secs_f64() * 1e3
     );
     println!("agent_rss_mib {rss:.1} MiB");
     Ok(())
