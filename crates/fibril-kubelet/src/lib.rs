@@ -58,6 +58,10 @@ pub struct KubeletOptions {
     pub heartbeat_interval: Duration,
     /// SIGTERM -> SIGKILL grace.
     pub kill_grace: Duration,
+    /// How long a deleted pod keeps running, not Ready, before SIGTERM: the
+    /// controller and agents move its endpoints and redirects away first,
+    /// so no request is sent to a process that is already gone.
+    pub endpoint_drain: Duration,
     /// etcd endpoints handed to `fibril dns` workloads (`--etcd`).
     pub etcd: Vec<String>,
 }
@@ -83,6 +87,7 @@ impl KubeletOptions {
             poll_interval: Duration::from_millis(300),
             heartbeat_interval: Duration::from_secs(10),
             kill_grace: Duration::from_secs(2),
+            endpoint_drain: Duration::from_secs(1),
             etcd: Vec::new(),
         }
     }
@@ -115,6 +120,8 @@ struct PodState {
     phase: Phase,
     /// Status to write (cleared once written).
     pending_status: Option<Value>,
+    /// When the pod was first seen with a deletionTimestamp.
+    terminating_since: Option<Instant>,
 }
 
 /// The pod runner of one node.
@@ -237,6 +244,7 @@ impl Kubelet {
                         restart_delay: BACKOFF_START,
                     },
                     pending_status: None,
+                    terminating_since: None,
                 },
             );
         }
@@ -272,13 +280,21 @@ impl Kubelet {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             seen.insert(key.clone());
             if pod.metadata.deletion_timestamp.is_some() {
-                if self
+                let drain = self.opts.endpoint_drain;
+                if let Some(st) = self
                     .pods
-                    .get(&key)
-                    .is_some_and(|s| matches!(s.phase, Phase::Running { .. }))
+                    .get_mut(&key)
+                    .filter(|s| matches!(s.phase, Phase::Running { .. }))
                 {
-                    let msg = format!("Stopping container {}", first_container_name(pod));
-                    self.event(&key, &uid, "Normal", "Killing", &msg).await;
+                    let first = st.terminating_since.is_none();
+                    let since = *st.terminating_since.get_or_insert_with(Instant::now);
+                    if first {
+                        let msg = format!("Stopping container {}", first_container_name(pod));
+                        self.event(&key, &uid, "Normal", "Killing", &msg).await;
+                    }
+                    if since.elapsed() < drain {
+                        continue;
+                    }
                 }
                 self.teardown(&key, true).await;
                 self.delete_object(&key, &uid).await;
@@ -413,6 +429,7 @@ impl Kubelet {
                     uid,
                     phase: Phase::ImageError,
                     pending_status: Some(status),
+                    terminating_since: None,
                 },
             );
             return;
@@ -426,6 +443,7 @@ impl Kubelet {
                     delay: BACKOFF_START / 2,
                 },
                 pending_status: Some(self.waiting_status(pod, "ContainerCreating", None)),
+                terminating_since: None,
             },
         );
         self.try_sandbox(pod, kind).await;
@@ -980,7 +998,8 @@ impl Kubelet {
     }
 
     fn running_status(&self, pod: &Pod, r: &PodRecord) -> Value {
-        let mut s = self.base_status(pod, "Running", true);
+        let ready = ports_listening(pod, r.pid);
+        let mut s = self.base_status(pod, "Running", ready);
         s["podIP"] = json!(r.ip);
         s["podIPs"] = json!([{"ip": r.ip}]);
         s["containerStatuses"] = json!([{
@@ -988,7 +1007,7 @@ impl Kubelet {
             "image": r.image,
             "imageID": format!("fibril://{}", workload_for_image(&r.image).map(|k| k.as_str()).unwrap_or("")),
             "containerID": format!("fibril://{}", r.container_id),
-            "ready": true,
+            "ready": ready,
             "started": true,
             "restartCount": r.restart_count,
             "state": {"running": {"startedAt": r.started_at}},
@@ -1152,7 +1171,52 @@ fn pod_status_matches(pod: &Pod, r: &PodRecord) -> bool {
             .is_some_and(|c| {
                 c.restart_count == r.restart_count
                     && c.state.as_ref().is_some_and(|st| st.running.is_some())
+                    && c.ready == ports_listening(pod, r.pid)
             })
+}
+
+/// Readiness without probes: every port the first container declares is
+/// bound in the pod's network namespace (TCP listening, UDP bound), read
+/// from `/proc/<pid>/net/*`, which shows the namespace of `pid`. A pod
+/// without declared ports is ready once it runs.
+fn ports_listening(pod: &Pod, pid: i32) -> bool {
+    let ports: Vec<(bool, i32)> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.ports.as_ref())
+        .map(|ps| {
+            ps.iter()
+                .map(|p| (p.protocol.as_deref() == Some("UDP"), p.container_port))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ports.is_empty() {
+        return true;
+    }
+    if pid <= 0 {
+        return false;
+    }
+    let table = |file: &str, listen_only: bool| -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{file}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let local = f.nth(1)?;
+                let state = f.nth(1)?;
+                if listen_only && state != "0A" {
+                    return None;
+                }
+                i32::from_str_radix(local.rsplit(':').next()?, 16).ok()
+            })
+            .collect()
+    };
+    let (tcp, udp) = (table("tcp", true), table("udp", false));
+    ports
+        .iter()
+        .all(|(is_udp, port)| if *is_udp { &udp } else { &tcp }.contains(port))
 }
 
 fn os_image() -> String {

@@ -2101,12 +2101,8 @@ pub fn rollout(c: RolloutCommand) -> anyhow::Result<ExitCode> {
         .context("rollout restart: give deployment/NAME or ds/fibril")?;
     let (res, names) = split_type_names(first, rest)?;
     match res.kind.as_str() {
-        "DaemonSet" => {
-            for n in &names {
-                if n != "fibril" && n != "cilium" {
-                    bail!("rollout restart ds/{n}: the lab's agent DaemonSet is ds/fibril (alias ds/cilium)");
-                }
-            }
+        "DaemonSet" if names.iter().all(|n| n == "fibril" || n == "cilium") => {
+            // The agents are lab processes, not DaemonSet pods.
             if !nix::unistd::geteuid().is_root() {
                 bail!("rollout restart ds/fibril needs root (it restarts the lab's agents)");
             }
@@ -2137,14 +2133,16 @@ pub fn rollout(c: RolloutCommand) -> anyhow::Result<ExitCode> {
                 println!("deployment.apps/{n} restarted");
             }
         }
-        "Deployment" => {
+        // The controller replaces the pods of a changed template (one at a
+        // time, a new one Ready before an old one goes).
+        kind @ ("Deployment" | "DaemonSet") => {
             let ns = a.namespace.clone().unwrap_or_else(|| "default".into());
             let (rt, rec) = session(&a.lab.lab)?;
             rt.block_on(async {
                 let store = fibril_lab::cluster::connect(&rec).await?;
                 let now = rfc3339(now_unix());
                 for n in &names {
-                    let key = ObjectKey::new("Deployment", Some(&ns), n);
+                    let key = ObjectKey::new(kind, Some(&ns), n);
                     modify(&store, &key, |v| {
                         let Some(spec) = ensure_object(v, "spec") else {
                             return;
@@ -2165,7 +2163,7 @@ pub fn rollout(c: RolloutCommand) -> anyhow::Result<ExitCode> {
             })?;
         }
         _ => bail!(
-            "rollout restart: deployments and ds/fibril only (got {})",
+            "rollout restart: deployments and daemonsets only (got {})",
             res.display
         ),
     }
