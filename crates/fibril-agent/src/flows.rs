@@ -360,6 +360,9 @@ pub struct FlowHub {
     capacity: usize,
     tx: broadcast::Sender<Arc<FlowLine>>,
     counters: Mutex<FlowCounters>,
+    /// True once the agent stops: followers end their streams (the API
+    /// server's graceful shutdown waits for open connections).
+    closed: watch::Sender<bool>,
 }
 
 impl FlowHub {
@@ -372,7 +375,13 @@ impl FlowHub {
             capacity: capacity.max(1),
             tx,
             counters: Mutex::new(FlowCounters::default()),
+            closed: watch::Sender::new(false),
         }
+    }
+
+    /// Ends every follower's stream (agent shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Node name.
@@ -430,7 +439,12 @@ impl FlowHub {
     /// Next line for a follower: a lag becomes a lost-events line (and is
     /// counted). `None` when the hub is gone.
     pub async fn next_for(&self, rx: &mut broadcast::Receiver<Arc<FlowLine>>) -> Option<FlowLine> {
-        match rx.recv().await {
+        let mut closed = self.closed.subscribe();
+        let got = tokio::select! {
+            r = rx.recv() => r,
+            _ = closed.wait_for(|c| *c) => return None,
+        };
+        match got {
             Ok(l) => Some((*l).clone()),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 if let Ok(mut c) = self.counters.lock() {
@@ -875,7 +889,10 @@ pub async fn run(
                 warn!(pin_dir = %opts.pin_dir.display(), error = %e, "flows: opening the event ring buffer; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.wait_for(|s| *s) => {
+                        hub.close();
+                        return;
+                    }
                 }
             }
         }
@@ -921,6 +938,7 @@ pub async fn run(
             }
             Step::Stop(gone) => {
                 if gone || *stop.borrow() {
+                    hub.close();
                     return;
                 }
             }

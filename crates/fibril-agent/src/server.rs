@@ -87,6 +87,11 @@ pub async fn serve(
         crate::flows::RING_CAPACITY,
         crate::flows::FOLLOW_BUFFER,
     ));
+    let (hub, mut st) = (flows.clone(), stop.clone());
+    tokio::spawn(async move {
+        let _ = st.wait_for(|s| *s).await;
+        hub.close();
+    });
     serve_with_flows(opts, state, flows, stop).await
 }
 
@@ -179,7 +184,10 @@ async fn ipam(State(ctx): State<Ctx>, Json(req): Json<IpamRequest>) -> Result<Re
     let deadline = tokio::time::Instant::now() + ctx.opts.pool_wait;
     let r = loop {
         let (cid, owner, p) = (req.container_id.clone(), req.owner.clone(), pool.clone());
-        match with_state(&ctx, move |st| st.allocate(&cid, &owner, &p)).await {
+        let t0 = std::time::Instant::now();
+        let r = with_state(&ctx, move |st| st.allocate(&cid, &owner, &p)).await;
+        eprintln!("PROF alloc {:?}", t0.elapsed());
+        match r {
             Err(Failure(_, e))
                 if multi && e.kind == "range-full" && tokio::time::Instant::now() < deadline =>
             {
@@ -201,7 +209,9 @@ async fn put_endpoint(
     Path(id): Path<String>,
     Json(req): Json<EndpointRequest>,
 ) -> Result<Response, Failure> {
+    let t0 = std::time::Instant::now();
     let (identity, labels) = identity_for(&ctx, &req).await;
+    let t1 = std::time::Instant::now();
     let (ns, name) = (req.pod_namespace.clone(), req.pod_name.clone());
     let cid = id.clone();
     let (r, ip, node_ip) = with_state(&ctx, move |st| {
@@ -245,9 +255,11 @@ async fn put_endpoint(
                 named_ports: Vec::new(),
             }),
         };
+        let t2 = std::time::Instant::now();
         if let Err(e) = ctx.opts.store.put_as(&ep).await {
             warn!(pod = %format!("{ns}/{name}"), error = %e, "writing FibrilEndpoint");
         }
+        eprintln!("PROF srv identity {:?} locked {:?} store {:?}", t1-t0, t2-t1, t2.elapsed());
     }
     Ok(Json(r).into_response())
 }

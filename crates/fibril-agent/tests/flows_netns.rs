@@ -480,7 +480,10 @@ fn flows_through_a_cluster_ip() {
     // The first connection may leave through the stack while the node's
     // neighbour entry resolves; the next one is pure datapath.
     let port = port + 1;
-    assert!(curl(&client, CIP, port), "second curl to the remote backend");
+    assert!(
+        curl(&client, CIP, port),
+        "second curl to the remote backend"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let v = flows(&ctr_c, by_port(port));
     dump("remote backend, k8s-ctr", &v);
@@ -519,7 +522,21 @@ fn flows_through_a_cluster_ip() {
     );
     eprintln!("cross-node to-network ok ({:?})", t0.elapsed());
 
-    // 3. A Service without backends: DROPPED with a reason.
+    // 3. A Service without backends: DROPPED with a reason (also seen by a
+    //    follower that started before).
+    let (ftx, frx) = std::sync::mpsc::channel::<FlowLine>();
+    let follow_client = ctr.client();
+    let follower = std::thread::spawn(move || {
+        let q = FlowQuery {
+            last: 0,
+            follow: true,
+            filter: FlowFilter {
+                event_type: Some("drop".into()),
+                ..Default::default()
+            },
+        };
+        let _ = follow_client.flows(&q, |l| ftx.send(l).is_ok());
+    });
     rt.block_on(store.put_as(&service("empty", EMPTY_IP)))
         .unwrap();
     rt.block_on(store.put_as(&slice("empty", &[]))).unwrap();
@@ -548,6 +565,17 @@ fn flows_through_a_cluster_ip() {
     assert!(line.contains(" DROPPED ("), "{line}");
     assert!(line.contains("default/client"), "{line}");
 
+    let followed = eventually(Duration::from_secs(5), || {
+        frx.try_iter().find(|l| {
+            l.flow
+                .as_ref()
+                .is_some_and(|f| f.destination.ip == Some(EMPTY_IP) && f.verdict == "DROPPED")
+        })
+    })
+    .expect("the follower saw the drop");
+    eprintln!("followed: {}", format_line(&followed));
+    std::mem::drop(frx);
+
     // 4. Metrics.
     let m = ctr_c.text("/metrics").unwrap();
     let metric_lines: Vec<&str> = m
@@ -569,4 +597,8 @@ fn flows_through_a_cluster_ip() {
     assert!(m.contains("fibril_flows_lost_total "), "{m}");
     assert!(m.trim_end().ends_with("# EOF"), "{m}");
     eprintln!("done in {:?}", t0.elapsed());
+    // The follower ends with the agents (stream closed).
+    std::mem::drop(ctr);
+    std::mem::drop(w1);
+    follower.join().unwrap();
 }
