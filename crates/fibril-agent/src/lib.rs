@@ -41,6 +41,7 @@ mod garp;
 pub mod ipam;
 pub mod metrics;
 mod node;
+mod persist;
 pub mod server;
 pub mod services;
 pub mod sync;

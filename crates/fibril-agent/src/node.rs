@@ -1,10 +1,18 @@
 //! The node's mutable state: IPAM, endpoints, the loaded datapath and the
 //! netlink session in the node netns. Every method is blocking (netlink and
 //! BPF syscalls); async callers use `spawn_blocking` while holding the mutex.
+//!
+//! The CNI calls (`allocate_shared`, `put_endpoint_shared`,
+//! `delete_endpoint_shared`) hold the mutex only for the in-memory tables:
+//! the BPF attach, map writes, netlink routes and the fsync of `state.json`
+//! (coalesced by [`crate::persist::Saver`]) run without it, so concurrent
+//! ADDs and DELs overlap. An address is released only after everything
+//! that referred to it is gone, so it is never handed out twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::ipam::NodeIpam;
 use fibril_abi::EndpointInfo;
@@ -21,7 +29,8 @@ use crate::api::{
     self, ApiError, DeleteResponse, EndpointRecord, EndpointRequest, EndpointResponse,
     IpamResponse, StatusResponse,
 };
-use crate::{AgentError, AgentOptions};
+use crate::persist::Saver;
+use crate::{AgentError, AgentOptions, Shared};
 
 /// Name of the host device holding the router IP.
 pub const HOST_DEVICE: &str = "fibril_host";
@@ -118,7 +127,18 @@ pub struct NodeState {
     pub(crate) node_name: String,
     pub(crate) netns: String,
     pub(crate) nl: Netlink,
-    pub(crate) dp: Datapath,
+    /// Its own lock: attaching runs outside the node lock.
+    pub(crate) dp: Arc<Mutex<Datapath>>,
+    pin_dir: PathBuf,
+    /// Netlink sessions for work done outside the node lock.
+    nl_pool: Arc<NlPool>,
+    saver: Arc<Saver>,
+    /// Endpoint ids handed to PUTs still attaching (not yet in `endpoints`).
+    reserved_ids: BTreeSet<u16>,
+    /// Containers with a PUT or DELETE in progress (one at a time each).
+    busy: BTreeSet<String>,
+    /// Signalled (with the node mutex) when a container leaves `busy`.
+    idle: Arc<Condvar>,
     pub(crate) maps: Maps,
     pub(crate) alloc: NodeIpam,
     pub(crate) containers: BTreeMap<String, Ipv4Addr>,
@@ -134,7 +154,6 @@ pub struct NodeState {
     pub(crate) pod_mtu: u32,
     pub(crate) config: Config,
     pub(crate) tunnel: Tunnel,
-    state_path: PathBuf,
     /// Remote nodes as last applied: name -> (node IP, pod CIDRs).
     pub(crate) remote: BTreeMap<String, (Ipv4Addr, Vec<Ipv4Net>)>,
     /// Routes installed for remote pod CIDRs.
@@ -315,7 +334,13 @@ impl NodeState {
             node_name: opts.node_name.clone(),
             netns: opts.netns.clone(),
             nl,
-            dp,
+            dp: Arc::new(Mutex::new(dp)),
+            pin_dir: opts.pin_dir.clone(),
+            nl_pool: Arc::new(NlPool::new(&opts.netns)),
+            saver: Arc::new(Saver::new(state_path)),
+            reserved_ids: BTreeSet::new(),
+            busy: BTreeSet::new(),
+            idle: Arc::new(Condvar::new()),
             maps,
             alloc,
             containers,
@@ -328,7 +353,6 @@ impl NodeState {
             pod_mtu,
             config,
             tunnel,
-            state_path,
             remote: BTreeMap::new(),
             routes: BTreeMap::new(),
             starved: BTreeMap::new(),
@@ -412,7 +436,10 @@ impl NodeState {
             .link("eth0")
             .map_err(&err)?
             .ok_or_else(|| AgentError::Config(format!("eth0 in {name} vanished")))?;
-        self.dp.attach_endpoint(HOST_IF)?;
+        self.dp
+            .lock()
+            .map_err(|_| AgentError::Config("datapath lock poisoned".into()))?
+            .attach_endpoint(HOST_IF)?;
         let info = EndpointInfo {
             ifindex: host.index,
             sec_identity: fibril_abi::identity::HEALTH,
@@ -462,9 +489,21 @@ impl NodeState {
         }
     }
 
-    /// Writes `state.json` atomically.
+    /// Writes `state.json` atomically and durably (waits for the writer).
     pub fn save(&self) -> Result<(), AgentError> {
-        let st = PersistedState {
+        let gen = self.stage();
+        self.saver
+            .wait(gen)
+            .map_err(|e| AgentError::Config(format!("saving state: {e}")))
+    }
+
+    /// Hands the current state to the writer; returns its generation.
+    fn stage(&self) -> u64 {
+        self.saver.stage(self.persisted())
+    }
+
+    fn persisted(&self) -> PersistedState {
+        PersistedState {
             ipam: self.alloc.single_state(),
             allocations: self
                 .alloc
@@ -478,14 +517,7 @@ impl NodeState {
                 .collect(),
             containers: self.containers.clone(),
             endpoints: self.endpoints.clone(),
-        };
-        let tmp = self.state_path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&st)
-            .map_err(|e| AgentError::Config(format!("encode state: {e}")))?;
-        std::fs::write(&tmp, bytes)
-            .map_err(|e| AgentError::io(format!("write {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, &self.state_path)
-            .map_err(|e| AgentError::io(format!("rename {}", tmp.display()), e))
+        }
     }
 
     fn save_api(&self) -> Result<(), ApiError> {
@@ -503,15 +535,30 @@ impl NodeState {
         }
     }
 
-    /// `POST /v1/ipam`.
+    /// `POST /v1/ipam` with the node lock held throughout (saves too).
     pub fn allocate(
         &mut self,
         container_id: &str,
         owner: &str,
         pool: &str,
     ) -> Result<IpamResponse, ApiError> {
-        let ip = match self.containers.get(container_id) {
-            Some(ip) => *ip,
+        let (r, fresh) = self.allocate_locked(container_id, owner, pool)?;
+        if fresh {
+            self.save_api()?;
+        }
+        Ok(r)
+    }
+
+    /// The in-memory part of an allocation; `true` when the address is new
+    /// (and must be saved before it is handed out).
+    fn allocate_locked(
+        &mut self,
+        container_id: &str,
+        owner: &str,
+        pool: &str,
+    ) -> Result<(IpamResponse, bool), ApiError> {
+        let (ip, fresh) = match self.containers.get(container_id) {
+            Some(ip) => (*ip, false),
             None => {
                 let ip = match self.alloc.allocate(pool, owner) {
                     Ok(ip) => ip,
@@ -530,8 +577,7 @@ impl NodeState {
                 };
                 self.starved.remove(container_id);
                 self.containers.insert(container_id.to_string(), ip);
-                self.save_api()?;
-                ip
+                (ip, true)
             }
         };
         let pod_cidr = self
@@ -541,29 +587,47 @@ impl NodeState {
             .find(|c| c.contains(&ip))
             .map(|c| c.to_string())
             .unwrap_or_default();
-        Ok(IpamResponse {
-            ip,
-            gateway: self.router_ip,
-            mtu: self.pod_mtu,
-            pod_cidr,
-            node_netns: self.netns.clone(),
-        })
+        Ok((
+            IpamResponse {
+                ip,
+                gateway: self.router_ip,
+                mtu: self.pod_mtu,
+                pod_cidr,
+                node_netns: self.netns.clone(),
+            },
+            fresh,
+        ))
     }
 
     fn next_endpoint_id(&self) -> u16 {
         let used: BTreeSet<u16> = self.endpoints.values().map(|e| e.id).collect();
         (1..u16::MAX)
-            .find(|i| !used.contains(i))
+            .find(|i| !used.contains(i) && !self.reserved_ids.contains(i))
             .unwrap_or(u16::MAX)
     }
 
-    /// `PUT /v1/endpoints/{id}`.
-    pub fn put_endpoint(
+    /// Handles for the work done without the node lock.
+    fn handles(&self) -> Handles {
+        Handles {
+            dp: self.dp.clone(),
+            pin_dir: self.pin_dir.clone(),
+            maps: self.maps.clone(),
+            nl: self.nl_pool.clone(),
+            saver: self.saver.clone(),
+        }
+    }
+
+    fn unbusy(&mut self, container_id: &str) {
+        self.busy.remove(container_id);
+        self.idle.notify_all();
+    }
+
+    /// Checks a PUT and picks (reserves) its endpoint id.
+    fn put_begin(
         &mut self,
         container_id: &str,
-        req: EndpointRequest,
-        identity: u32,
-    ) -> Result<EndpointResponse, ApiError> {
+        req: &EndpointRequest,
+    ) -> Result<PutPlan, ApiError> {
         let ip = *self.containers.get(container_id).ok_or_else(|| ApiError {
             kind: "not-found".into(),
             message: format!("container {container_id} has no address (call /v1/ipam first)"),
@@ -579,46 +643,85 @@ impl NodeState {
             .ok_or_else(|| bad(format!("pod_mac {:?} is not a MAC", req.pod_mac)))?;
         let host_mac = api::parse_mac(&req.host_mac)
             .ok_or_else(|| bad(format!("host_mac {:?} is not a MAC", req.host_mac)))?;
-        let id = match self.endpoints.get(container_id) {
-            Some(e) => e.id,
-            None => self.next_endpoint_id(),
+        let (id, existed) = match self.endpoints.get(container_id) {
+            Some(e) => (e.id, true),
+            None => {
+                let id = self.next_endpoint_id();
+                self.reserved_ids.insert(id);
+                (id, false)
+            }
         };
-        self.dp
-            .attach_endpoint(&req.host_ifname)
-            .map_err(|e| internal(format!("attach bpf_lxc to {}: {e}", req.host_ifname)))?;
-        let info = EndpointInfo {
-            ifindex: req.host_ifindex,
-            sec_identity: identity,
-            ep_id: id,
-            flags: 0,
-            mac: pod_mac,
-            node_mac: host_mac,
-        };
-        self.maps
-            .endpoints()
-            .and_then(|mut m| m.upsert(ip, &info))
-            .map_err(|e| internal(format!("fibril_endpoints {ip}: {e}")))?;
-        let route = Route::dev(Ipv4Net::from(ip), &req.host_ifname);
-        self.nl
-            .replace_route(&route)
-            .map_err(|e| internal(format!("route {route}: {e}")))?;
+        Ok(PutPlan {
+            ip,
+            id,
+            existed,
+            pod_mac,
+            host_mac,
+        })
+    }
+
+    /// Records a PUT whose datapath work is done; returns the save generation.
+    fn put_finish(
+        &mut self,
+        container_id: &str,
+        plan: &PutPlan,
+        req: EndpointRequest,
+        identity: u32,
+    ) -> Result<u64, ApiError> {
+        if self.containers.get(container_id) != Some(&plan.ip) {
+            return Err(ApiError {
+                kind: "not-found".into(),
+                message: format!(
+                    "container {container_id} lost its address {} while attaching",
+                    plan.ip
+                ),
+            });
+        }
         self.endpoints.insert(
             container_id.to_string(),
             EndpointRecord {
                 container_id: container_id.to_string(),
-                id,
-                ip,
+                id: plan.id,
+                ip: plan.ip,
                 identity,
                 spec: req,
                 restored: false,
             },
         );
-        self.save_api()?;
-        Ok(EndpointResponse { id, identity })
+        Ok(self.stage())
     }
 
-    /// `DELETE /v1/endpoints/{id}`: idempotent.
-    pub fn delete_endpoint(&mut self, container_id: &str) -> Result<DeleteResponse, ApiError> {
+    /// `PUT /v1/endpoints/{id}` with the node lock held throughout (saves too).
+    pub fn put_endpoint(
+        &mut self,
+        container_id: &str,
+        req: EndpointRequest,
+        identity: u32,
+    ) -> Result<EndpointResponse, ApiError> {
+        let plan = self.put_begin(container_id, &req)?;
+        let h = self.handles();
+        let done = put_datapath(&h, &plan, &req, identity);
+        self.reserved_ids.remove(&plan.id);
+        done?;
+        let gen = match self.put_finish(container_id, &plan, req.clone(), identity) {
+            Ok(g) => g,
+            Err(e) => {
+                undo_datapath(&h, plan.ip, &req.host_ifname);
+                return Err(e);
+            }
+        };
+        h.saver
+            .wait(gen)
+            .map_err(|e| internal(format!("saving state: {e}")))?;
+        Ok(EndpointResponse {
+            id: plan.id,
+            identity,
+        })
+    }
+
+    /// Takes a container out of the tables; its address stays allocated
+    /// until [`NodeState::delete_finish`] (after the datapath forgot it).
+    fn delete_begin(&mut self, container_id: &str) -> DelPlan {
         let rec = self.endpoints.remove(container_id);
         let ip = self
             .containers
@@ -628,54 +731,72 @@ impl NodeState {
             .as_ref()
             .map(|r| r.spec.host_ifname.clone())
             .unwrap_or_else(|| api::host_ifname(container_id));
-        if let Err(e) = Datapath::detach_interface(self.dp.pin_dir(), &ifname) {
-            warn!(%ifname, error = %e, "detach");
+        DelPlan {
+            existed: rec.is_some() || ip.is_some(),
+            ip,
+            ifname,
         }
-        if let Ok(Some(_)) = self.nl.link(&ifname) {
-            if let Err(e) = self.nl.delete_link(&ifname) {
-                warn!(%ifname, error = %e, "delete host veth");
-            }
-        }
+    }
+
+    /// Releases the address of a deleted container; `Some(generation)` when
+    /// the state changed.
+    fn delete_finish(&mut self, plan: &DelPlan) -> (DeleteResponse, Option<u64>) {
         let mut released = None;
-        if let Some(ip) = ip {
-            if let Ok(mut m) = self.maps.endpoints() {
-                let _ = m.delete(ip);
-            }
-            let route = Route {
-                dst: Ipv4Net::from(ip),
-                via: None,
-                dev: None,
-                onlink: false,
-                src: None,
-                table: None,
-            };
-            // The route went with the veth unless the veth is somewhere else.
-            let _ = self.nl.delete_route(&route);
+        if let Some(ip) = plan.ip {
             if self.alloc.release(ip).is_ok() {
                 released = Some(ip);
             }
         }
-        let existed = rec.is_some() || ip.is_some();
-        if existed {
-            self.save_api()?;
-        }
-        Ok(DeleteResponse { existed, released })
+        let gen = plan.existed.then(|| self.stage());
+        (
+            DeleteResponse {
+                existed: plan.existed,
+                released,
+            },
+            gen,
+        )
     }
 
-    /// `POST /v1/gc`.
+    /// `DELETE /v1/endpoints/{id}` with the node lock held throughout:
+    /// idempotent.
+    pub fn delete_endpoint(&mut self, container_id: &str) -> Result<DeleteResponse, ApiError> {
+        let (r, gen) = self.delete_locked(container_id);
+        if let Some(gen) = gen {
+            self.saver
+                .wait(gen)
+                .map_err(|e| internal(format!("saving state: {e}")))?;
+        }
+        Ok(r)
+    }
+
+    fn delete_locked(&mut self, container_id: &str) -> (DeleteResponse, Option<u64>) {
+        let plan = self.delete_begin(container_id);
+        delete_datapath(&self.handles(), &plan);
+        self.delete_finish(&plan)
+    }
+
+    /// `POST /v1/gc`. Containers with a call in progress are left to the next GC.
     pub fn gc(&mut self, valid: &[String]) -> Result<Vec<String>, ApiError> {
         let valid: BTreeSet<&str> = valid.iter().map(String::as_str).collect();
         let stale: Vec<String> = self
             .containers
             .keys()
             .chain(self.endpoints.keys())
-            .filter(|c| !valid.contains(c.as_str()))
+            .filter(|c| !valid.contains(c.as_str()) && !self.busy.contains(*c))
             .cloned()
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        let mut last = None;
         for c in &stale {
-            self.delete_endpoint(c)?;
+            if let (_, Some(gen)) = self.delete_locked(c) {
+                last = Some(gen);
+            }
+        }
+        if let Some(gen) = last {
+            self.saver
+                .wait(gen)
+                .map_err(|e| internal(format!("saving state: {e}")))?;
         }
         Ok(stale)
     }
@@ -1067,4 +1188,288 @@ fn bad(message: String) -> ApiError {
         kind: "bad-request".into(),
         message,
     }
+}
+
+/// Netlink sessions in the node netns for work done without the node lock
+/// (each call uses one session alone; idle ones are kept for the next call).
+pub(crate) struct NlPool {
+    netns: String,
+    idle: Mutex<Vec<Netlink>>,
+}
+
+/// Idle sessions kept.
+const NL_POOL_MAX: usize = 8;
+
+impl NlPool {
+    fn new(netns: &str) -> Self {
+        NlPool {
+            netns: netns.to_string(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Netlink) -> Result<T, NetlinkError>,
+    ) -> Result<T, NetlinkError> {
+        let pooled = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let nl = match pooled {
+            Some(nl) => nl,
+            None => NetNs::open(&self.netns)?.netlink()?,
+        };
+        let r = f(&nl);
+        // A session that failed may be broken: only good ones go back.
+        if r.is_ok() {
+            if let Ok(mut v) = self.idle.lock() {
+                if v.len() < NL_POOL_MAX {
+                    v.push(nl);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// What the datapath work of an API call needs (no node lock).
+#[derive(Clone)]
+struct Handles {
+    dp: Arc<Mutex<Datapath>>,
+    pin_dir: PathBuf,
+    maps: Maps,
+    nl: Arc<NlPool>,
+    saver: Arc<Saver>,
+}
+
+/// A PUT checked under the lock.
+struct PutPlan {
+    ip: Ipv4Addr,
+    id: u16,
+    /// The container already had an endpoint (a repeated PUT).
+    existed: bool,
+    pod_mac: [u8; 6],
+    host_mac: [u8; 6],
+}
+
+/// A DELETE's container, out of the tables.
+struct DelPlan {
+    existed: bool,
+    ip: Option<Ipv4Addr>,
+    ifname: String,
+}
+
+/// Attaches `bpf_lxc`, writes the endpoint map entry and the /32 route.
+/// A new endpoint is undone on failure.
+fn put_datapath(
+    h: &Handles,
+    plan: &PutPlan,
+    req: &EndpointRequest,
+    identity: u32,
+) -> Result<(), ApiError> {
+    let ifname = &req.host_ifname;
+    let r = (|| {
+        h.dp.lock()
+            .map_err(|_| internal("datapath lock poisoned".into()))?
+            .attach_endpoint(ifname)
+            .map_err(|e| internal(format!("attach bpf_lxc to {ifname}: {e}")))?;
+        let info = EndpointInfo {
+            ifindex: req.host_ifindex,
+            sec_identity: identity,
+            ep_id: plan.id,
+            flags: 0,
+            mac: plan.pod_mac,
+            node_mac: plan.host_mac,
+        };
+        let ip = plan.ip;
+        h.maps
+            .endpoints()
+            .and_then(|mut m| m.upsert(ip, &info))
+            .map_err(|e| internal(format!("fibril_endpoints {ip}: {e}")))?;
+        let route = Route::dev(Ipv4Net::from(ip), ifname);
+        h.nl.with(|nl| nl.replace_route(&route))
+            .map_err(|e| internal(format!("route {route}: {e}")))
+    })();
+    if r.is_err() && !plan.existed {
+        undo_datapath(h, plan.ip, ifname);
+    }
+    r
+}
+
+/// Removes what [`put_datapath`] created (errors ignored: best effort).
+fn undo_datapath(h: &Handles, ip: Ipv4Addr, ifname: &str) {
+    let _ = Datapath::detach_interface(&h.pin_dir, ifname);
+    if let Ok(mut m) = h.maps.endpoints() {
+        let _ = m.delete(ip);
+    }
+    let _ = h.nl.with(|nl| nl.delete_route(&host_route(ip)));
+}
+
+fn host_route(ip: Ipv4Addr) -> Route {
+    Route {
+        dst: Ipv4Net::from(ip),
+        via: None,
+        dev: None,
+        onlink: false,
+        src: None,
+        table: None,
+    }
+}
+
+/// Deletes the host veth, the pinned links, the map entry and the route.
+fn delete_datapath(h: &Handles, plan: &DelPlan) {
+    let ifname = &plan.ifname;
+    // The veth first: its teardown detaches the TCX link with the device,
+    // so unpinning afterwards does not pay a second RCU grace period.
+    let deleted = h.nl.with(|nl| match nl.link(ifname)? {
+        Some(_) => nl.delete_link(ifname).map(|()| true),
+        None => Ok(false),
+    });
+    if let Err(e) = deleted {
+        warn!(%ifname, error = %e, "delete host veth");
+    }
+    if let Err(e) = Datapath::detach_interface(&h.pin_dir, ifname) {
+        warn!(%ifname, error = %e, "detach");
+    }
+    if let Some(ip) = plan.ip {
+        if let Ok(mut m) = h.maps.endpoints() {
+            let _ = m.delete(ip);
+        }
+        // The route went with the veth unless the veth is somewhere else.
+        let _ = h.nl.with(|nl| nl.delete_route(&host_route(ip)));
+    }
+}
+
+fn lock(shared: &Shared) -> Result<MutexGuard<'_, NodeState>, ApiError> {
+    shared
+        .lock()
+        .map_err(|_| internal("node state lock poisoned".into()))
+}
+
+/// Locks the node once no other PUT/DELETE of `container_id` runs, and
+/// marks the container busy (the caller calls [`NodeState::unbusy`]).
+fn lock_idle<'a>(
+    shared: &'a Shared,
+    container_id: &str,
+) -> Result<MutexGuard<'a, NodeState>, ApiError> {
+    let mut st = lock(shared)?;
+    while st.busy.contains(container_id) {
+        let idle = st.idle.clone();
+        st = idle
+            .wait(st)
+            .map_err(|_| internal("node state lock poisoned".into()))?;
+    }
+    st.busy.insert(container_id.to_string());
+    Ok(st)
+}
+
+/// `POST /v1/ipam`: allocates under the node lock and answers once the
+/// allocation is on disk (the fsync shared with concurrent calls).
+pub(crate) fn allocate_shared(
+    shared: &Shared,
+    container_id: &str,
+    owner: &str,
+    pool: &str,
+) -> Result<IpamResponse, ApiError> {
+    let (r, fresh, gen, saver) = {
+        let mut st = lock(shared)?;
+        let (r, fresh) = st.allocate_locked(container_id, owner, pool)?;
+        // A repeated call may race the first one's save: wait for it too.
+        let gen = if fresh { st.stage() } else { st.saver.latest() };
+        (r, fresh, gen, st.saver.clone())
+    };
+    if let Err(e) = saver.wait(gen) {
+        if fresh {
+            // Not durable: take the address back rather than hand it out.
+            let mut st = lock(shared)?;
+            let untouched = st.containers.get(container_id) == Some(&r.ip)
+                && !st.endpoints.contains_key(container_id)
+                && !st.busy.contains(container_id);
+            if untouched {
+                st.containers.remove(container_id);
+                let _ = st.alloc.release(r.ip);
+                st.stage();
+            }
+        }
+        return Err(internal(format!("saving state: {e}")));
+    }
+    Ok(r)
+}
+
+/// `PUT /v1/endpoints/{id}`: the node lock only to check and to record;
+/// attach, map entry, route and the state fsync run without it. Returns the
+/// answer, the endpoint's address and the node IP.
+pub(crate) fn put_endpoint_shared(
+    shared: &Shared,
+    container_id: &str,
+    req: EndpointRequest,
+    identity: u32,
+) -> Result<(EndpointResponse, Ipv4Addr, Ipv4Addr), ApiError> {
+    let (plan, h, node_ip) = {
+        let mut st = lock_idle(shared, container_id)?;
+        match st.put_begin(container_id, &req) {
+            Ok(plan) => (plan, st.handles(), st.node_ip),
+            Err(e) => {
+                st.unbusy(container_id);
+                return Err(e);
+            }
+        }
+    };
+    let done = put_datapath(&h, &plan, &req, identity);
+    let ifname = req.host_ifname.clone();
+    let recorded = {
+        let mut st = lock(shared)?;
+        st.reserved_ids.remove(&plan.id);
+        let r = done.and_then(|()| st.put_finish(container_id, &plan, req, identity));
+        st.unbusy(container_id);
+        r
+    };
+    let gen = match recorded {
+        Ok(gen) => gen,
+        Err(e) => {
+            if !plan.existed {
+                undo_datapath(&h, plan.ip, &ifname);
+            }
+            return Err(e);
+        }
+    };
+    h.saver
+        .wait(gen)
+        .map_err(|e| internal(format!("saving state: {e}")))?;
+    Ok((
+        EndpointResponse {
+            id: plan.id,
+            identity,
+        },
+        plan.ip,
+        node_ip,
+    ))
+}
+
+/// `DELETE /v1/endpoints/{id}` (idempotent): the container leaves the
+/// tables under the lock, the datapath work runs without it, and only then
+/// is the address released. Returns the answer and the pod (`ns`, `name`).
+pub(crate) fn delete_endpoint_shared(
+    shared: &Shared,
+    container_id: &str,
+) -> Result<(DeleteResponse, Option<(String, String)>), ApiError> {
+    let (plan, pod, h) = {
+        let mut st = lock_idle(shared, container_id)?;
+        let pod = st
+            .endpoints
+            .get(container_id)
+            .map(|e| (e.spec.pod_namespace.clone(), e.spec.pod_name.clone()));
+        (st.delete_begin(container_id), pod, st.handles())
+    };
+    delete_datapath(&h, &plan);
+    let (r, gen) = {
+        let mut st = lock(shared)?;
+        let out = st.delete_finish(&plan);
+        st.unbusy(container_id);
+        out
+    };
+    if let Some(gen) = gen {
+        h.saver
+            .wait(gen)
+            .map_err(|e| internal(format!("saving state: {e}")))?;
+    }
+    Ok((r, pod))
 }

@@ -76,6 +76,16 @@ async fn with_state<T: Send + 'static>(
     .map_err(|e| internal(format!("task: {e}")))?
 }
 
+/// Runs `f` (which locks the node state itself, briefly) in a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| internal(format!("task: {e}")))?
+        .map_err(Failure::from)
+}
+
 /// Serves until `stop` is true. Removes a stale socket file first.
 pub async fn serve(
     opts: AgentOptions,
@@ -184,10 +194,8 @@ async fn ipam(State(ctx): State<Ctx>, Json(req): Json<IpamRequest>) -> Result<Re
     let deadline = tokio::time::Instant::now() + ctx.opts.pool_wait;
     let r = loop {
         let (cid, owner, p) = (req.container_id.clone(), req.owner.clone(), pool.clone());
-        let t0 = std::time::Instant::now();
-        let r = with_state(&ctx, move |st| st.allocate(&cid, &owner, &p)).await;
-        eprintln!("PROF alloc {:?}", t0.elapsed());
-        match r {
+        let state = ctx.state.clone();
+        match blocking(move || crate::node::allocate_shared(&state, &cid, &owner, &p)).await {
             Err(Failure(_, e))
                 if multi && e.kind == "range-full" && tokio::time::Instant::now() < deadline =>
             {
@@ -209,17 +217,13 @@ async fn put_endpoint(
     Path(id): Path<String>,
     Json(req): Json<EndpointRequest>,
 ) -> Result<Response, Failure> {
-    let t0 = std::time::Instant::now();
     let (identity, labels) = identity_for(&ctx, &req).await;
-    let t1 = std::time::Instant::now();
     let (ns, name) = (req.pod_namespace.clone(), req.pod_name.clone());
     let cid = id.clone();
-    let (r, ip, node_ip) = with_state(&ctx, move |st| {
-        let r = st.put_endpoint(&id, req, identity)?;
-        let ip = st.endpoints.get(&id).map(|e| e.ip);
-        Ok((r, ip, st.node_ip))
-    })
-    .await?;
+    let state = ctx.state.clone();
+    let (r, ip, node_ip) =
+        blocking(move || crate::node::put_endpoint_shared(&state, &id, req, identity)).await?;
+    let ip = Some(ip);
     if !name.is_empty() {
         let ns = if ns.is_empty() {
             "default".to_string()
@@ -255,11 +259,9 @@ async fn put_endpoint(
                 named_ports: Vec::new(),
             }),
         };
-        let t2 = std::time::Instant::now();
         if let Err(e) = ctx.opts.store.put_as(&ep).await {
             warn!(pod = %format!("{ns}/{name}"), error = %e, "writing FibrilEndpoint");
         }
-        eprintln!("PROF srv identity {:?} locked {:?} store {:?}", t1-t0, t2-t1, t2.elapsed());
     }
     Ok(Json(r).into_response())
 }
@@ -269,14 +271,8 @@ async fn delete_endpoint(
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let cid = id.clone();
-    let (r, pod) = with_state(&ctx, move |st| {
-        let pod = st
-            .endpoints
-            .get(&id)
-            .map(|e| (e.spec.pod_namespace.clone(), e.spec.pod_name.clone()));
-        Ok((st.delete_endpoint(&id)?, pod))
-    })
-    .await?;
+    let state = ctx.state.clone();
+    let (r, pod) = blocking(move || crate::node::delete_endpoint_shared(&state, &id)).await?;
     if let Some((ns, name)) = pod.filter(|(_, n)| !n.is_empty()) {
         let ns = if ns.is_empty() {
             "default".to_string()
