@@ -501,6 +501,9 @@ const XLATE_CACHE: usize = 16384;
 struct Xlate {
     service: String,
     backend: Option<(Ipv4Addr, u16)>,
+    /// Translation points already reported for this connection
+    /// (pre-fwd, post-fwd, pre-rev, post-rev).
+    reported: [bool; 4],
 }
 
 impl Enricher {
@@ -599,13 +602,19 @@ impl Enricher {
                     if self.xlate.len() >= XLATE_CACHE {
                         self.xlate.clear();
                     }
-                    self.xlate.insert(
-                        (f.src_ip, f.src_port, proto),
-                        Xlate {
-                            service: s.clone(),
-                            backend: None,
-                        },
-                    );
+                    let key = (f.src_ip, f.src_port, proto);
+                    let keep =
+                        !new_connection(f) && self.xlate.get(&key).is_some_and(|x| x.service == *s);
+                    if !keep {
+                        self.xlate.insert(
+                            key,
+                            Xlate {
+                                service: s.clone(),
+                                backend: None,
+                                reported: [false; 4],
+                            },
+                        );
+                    }
                 }
                 rec.service = svc;
             }
@@ -649,6 +658,37 @@ impl Enricher {
             node_name: self.names.local_node.clone(),
             time_ns,
         }
+    }
+}
+
+/// A TCP SYN without ACK: a new connection (maybe on a reused port).
+fn new_connection(f: &Flow) -> bool {
+    f.proto == 6 && f.tcp_flags.has(0x02) && !f.tcp_flags.has(0x10)
+}
+
+impl Enricher {
+    /// [`Enricher::enrich`] with translation aggregation (what Hubble shows
+    /// with socket load balancing and Cilium's monitor aggregation): the
+    /// pre/post-xlate events of a connection are reported once per
+    /// direction, later packets' translation events give `None`.
+    pub fn enrich_aggregated(&mut self, f: &Flow, time_ns: u64) -> Option<FlowLine> {
+        let (slot, key) = match f.obs_point {
+            ObsPoint::PreXlateFwd => (0, (f.src_ip, f.src_port, f.proto)),
+            ObsPoint::PostXlateFwd => (1, (f.src_ip, f.src_port, f.proto)),
+            ObsPoint::PreXlateRev => (2, (f.dst_ip, f.dst_port, f.proto)),
+            ObsPoint::PostXlateRev => (3, (f.dst_ip, f.dst_port, f.proto)),
+            _ => return Some(self.enrich(f, time_ns)),
+        };
+        let repeat = !(slot == 0 && new_connection(f))
+            && self.xlate.get(&key).is_some_and(|x| x.reported[slot]);
+        if repeat {
+            return None;
+        }
+        let line = self.enrich(f, time_ns);
+        if let Some(x) = self.xlate.get_mut(&key) {
+            x.reported[slot] = true;
+        }
+        Some(line)
     }
 }
 
@@ -915,7 +955,9 @@ pub async fn run(
             Step::Batch(Ok(flows)) => {
                 for f in &flows {
                     let t = system_ns(f);
-                    hub.publish(enricher.enrich(f, t));
+                    if let Some(line) = enricher.enrich_aggregated(f, t) {
+                        hub.publish(line);
+                    }
                 }
             }
             Step::Batch(Err(e)) => {
@@ -1181,6 +1223,60 @@ mod tests {
             Some("default/webpod")
         );
         assert!(format_line(&rev).contains("default/webpod:80 (world) <> default/curl-pod (ID:5580) post-xlate-rev TRANSLATED (TCP)"));
+    }
+
+    #[test]
+    fn translations_reported_once_per_connection() {
+        let mut n = names();
+        n.services.insert((CIP, 80, 6), "default/webpod".into());
+        let mut e = Enricher::new(n);
+        let mut obs = Vec::new();
+        let pkt = |e: &mut Enricher, obs: &mut Vec<String>, fwd: bool, flags: u8| {
+            let (c, b) = ((CURL, 40000), (WEB, 80));
+            let evs = if fwd {
+                vec![
+                    ev(ObsPoint::PreXlateFwd, c, (CIP, 80), 6, flags, CtState::New),
+                    ev(ObsPoint::PostXlateFwd, c, b, 6, flags, CtState::New),
+                    ev(ObsPoint::ToEndpoint, c, b, 6, flags, CtState::New),
+                ]
+            } else {
+                vec![
+                    ev(ObsPoint::PreXlateRev, b, c, 6, flags, CtState::Reply),
+                    ev(
+                        ObsPoint::PostXlateRev,
+                        (CIP, 80),
+                        c,
+                        6,
+                        flags,
+                        CtState::Reply,
+                    ),
+                    ev(ObsPoint::ToEndpoint, (CIP, 80), c, 6, flags, CtState::Reply),
+                ]
+            };
+            for f in evs {
+                if let Some(l) = e.enrich_aggregated(&f, T1) {
+                    obs.push(format_line(&l));
+                }
+            }
+        };
+        pkt(&mut e, &mut obs, true, 0x02);
+        pkt(&mut e, &mut obs, false, 0x12);
+        pkt(&mut e, &mut obs, true, 0x10);
+        pkt(&mut e, &mut obs, true, 0x18);
+        pkt(&mut e, &mut obs, false, 0x18);
+        assert_eq!(
+            obs.iter().filter(|l| l.contains("xlate")).count(),
+            4,
+            "{obs:#?}"
+        );
+        assert_eq!(obs.len(), 9, "{obs:#?}");
+        assert!(obs[5].contains("<- default/webpod-697b545f57-bpzn9:80 (ID:12497) to-endpoint FORWARDED (TCP Flags: SYN, ACK)"), "{obs:#?}");
+        // A new connection on the same port is reported again.
+        pkt(&mut e, &mut obs, true, 0x02);
+        assert_eq!(
+            obs.iter().filter(|l| l.contains("pre-xlate-fwd")).count(),
+            2
+        );
     }
 
     #[test]
