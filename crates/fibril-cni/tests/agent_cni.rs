@@ -525,40 +525,124 @@ fn agent_and_cni_on_the_fabric() {
         .items;
     assert!(eps.is_empty(), "FibrilEndpoints left: {eps:?}");
     for (agent, host, opts) in [(&ctr, "k8s-ctr", &ctr_opts), (&w1, "k8s-w1", &w1_opts)] {
-        let st = agent.client().status().unwrap();
-        assert_eq!(st.allocations.len(), 2, "{host}: {:?}", st.allocations);
-        eprintln!("{host} after DEL: {}", st.ipam);
-        assert_eq!(st.endpoints, 0);
-        let lxc: Vec<_> = node_links(&lab, host)
-            .into_iter()
-            .filter(|l| l.starts_with("lxc") && l != "lxc_health")
-            .collect();
-        assert!(lxc.is_empty(), "{host}: veths left: {lxc:?}");
-        let routes: Vec<_> = node_routes(&lab, host)
-            .into_iter()
-            .filter(|r| r.contains("/32") && !r.contains("lxc_health"))
-            .collect();
-        assert!(routes.is_empty(), "{host}: routes left: {routes:?}");
-        let eps: Vec<_> = Maps::new(&opts.pin_dir)
-            .endpoints()
-            .unwrap()
-            .list()
-            .unwrap()
-            .into_iter()
-            .filter(|(_, e)| e.flags & fibril_abi::endpoint_flags::HEALTH == 0)
-            .collect();
-        assert!(eps.is_empty(), "{host}: map entries left: {eps:?}");
-        let links = fibril_datapath::pinned_attachments(&opts.pin_dir).unwrap();
-        assert!(
-            links
-                .iter()
-                .all(|l| !l.ifname.starts_with("lxc") || l.ifname == "lxc_health"),
-            "{host}: lxc links left: {links:?}"
-        );
+        assert_node_clean(agent, &lab, host, opts);
     }
     drop(ctr);
     drop(w1);
     eprintln!("total {:?}", t0.elapsed());
+}
+
+/// Only the router and health addresses are allocated, and no endpoint,
+/// veth, /32 route, endpoint map entry or lxc attachment is left.
+fn assert_node_clean(agent: &Agent, lab: &str, host: &str, opts: &AgentOptions) {
+    let st = agent.client().status().unwrap();
+    assert_eq!(st.allocations.len(), 2, "{host}: {:?}", st.allocations);
+    eprintln!("{host} after DEL: {}", st.ipam);
+    assert_eq!(st.endpoints, 0);
+    let lxc: Vec<_> = node_links(lab, host)
+        .into_iter()
+        .filter(|l| l.starts_with("lxc") && l != "lxc_health")
+        .collect();
+    assert!(lxc.is_empty(), "{host}: veths left: {lxc:?}");
+    let routes: Vec<_> = node_routes(lab, host)
+        .into_iter()
+        .filter(|r| r.contains("/32") && !r.contains("lxc_health"))
+        .collect();
+    assert!(routes.is_empty(), "{host}: routes left: {routes:?}");
+    let eps: Vec<_> = Maps::new(&opts.pin_dir)
+        .endpoints()
+        .unwrap()
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.flags & fibril_abi::endpoint_flags::HEALTH == 0)
+        .collect();
+    assert!(eps.is_empty(), "{host}: map entries left: {eps:?}");
+    let links = fibril_datapath::pinned_attachments(&opts.pin_dir).unwrap();
+    assert!(
+        links
+            .iter()
+            .all(|l| !l.ifname.starts_with("lxc") || l.ifname == "lxc_health"),
+        "{host}: lxc links left: {links:?}"
+    );
+}
+
+/// 1,000 ADD/DEL cycles (4 pods at a time, each reusing its namespace)
+/// through the plugin against one agent leave nothing behind: no veth,
+/// route, address, endpoint map entry, attachment or FibrilEndpoint.
+#[test]
+fn thousand_add_del_cycles_leave_nothing() {
+    const WORKERS: usize = 4;
+    const CYCLES: usize = 1000;
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = uniq("churn").replace('x', "_");
+    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let mut cleanup = Cleanup::default();
+    let run_dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/28"));
+    let mut config = Config::default();
+    config
+        .apply_sets(["ipam.mode=cluster-pool", "routingMode=native"])
+        .unwrap();
+    let pin = PathBuf::from(PIN_ROOT).join(uniq("churn"));
+    cleanup.pin_dirs.push(pin.clone());
+    let opts = AgentOptions::new(
+        "k8s-ctr",
+        &netns_name(&lab, "k8s-ctr"),
+        run_dir.path().join("k8s-ctr"),
+        pin,
+        config,
+        store.clone(),
+    );
+    let agent = Agent::start(opts.clone());
+    let names: Vec<String> = (0..WORKERS)
+        .map(|_| {
+            let n = uniq("fchurn");
+            NetNs::create(&n).unwrap();
+            cleanup.netns.push(n.clone());
+            n
+        })
+        .collect();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for (w, n) in names.iter().enumerate() {
+            let sock = opts.socket_path.clone();
+            s.spawn(move || {
+                let path = format!("/run/netns/{n}");
+                for i in 0..CYCLES / WORKERS {
+                    let cid = format!("churn-{w}-{i}");
+                    let add = cni("ADD", &sock, &cid, &path, &cid);
+                    assert_eq!(add.code, 0, "ADD {cid}: {}", add.out);
+                    let del = cni("DEL", &sock, &cid, &path, &cid);
+                    assert_eq!(del.code, 0, "DEL {cid}: {}", del.out);
+                }
+            });
+        }
+    });
+    eprintln!("{CYCLES} ADD/DEL cycles: {:?}", t.elapsed());
+    assert_node_clean(&agent, &lab, "k8s-ctr", &opts);
+    for n in &names {
+        let links: Vec<_> = NetNs::open(n)
+            .unwrap()
+            .netlink()
+            .unwrap()
+            .links()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(links, ["lo"], "{n}: pod side left");
+    }
+    let eps = rt
+        .block_on(store.list_as::<fibril_api::FibrilEndpoint>(None))
+        .unwrap()
+        .items;
+    assert!(eps.is_empty(), "FibrilEndpoints left: {eps:?}");
 }
 
 /// Kills its child (by its own pid) when dropped.
