@@ -26,14 +26,18 @@ LAB_SETS ?=
 lab: build-release
 	$(RELEASE_BIN) lab up --topology $(TOPOLOGY) $(LAB_SETS)
 	$(RELEASE_BIN) apply -f lab/manifests/webpod.yaml -f lab/manifests/curl-pod.yaml
-	@for i in 1 2 3 4 5 6 7 8 9 10; do \
-	  ip=$$($(RELEASE_BIN) get svc webpod -o jsonpath='{.spec.clusterIP}' 2>/dev/null); \
-	  [ -n "$$ip" ] && break; sleep 0.5; done; \
-	echo; echo "Try (pods take a few seconds to start):"; \
-	echo "  $(RELEASE_BIN) get pods -o wide"; \
-	echo "  $(RELEASE_BIN) exec curl-pod -- curl -s $${ip:-<webpod ClusterIP>}"; \
-	echo "  $(RELEASE_BIN) dbg status --verbose"; \
+	@echo "waiting for the pods to run..."; for i in $$(seq 90); do \
+	  $(RELEASE_BIN) get pods -A 2>/dev/null | tail -n +2 | awk 'BEGIN{bad=1} \
+	    {bad=0; split($$3,r,"/")} $$4!="Running" || r[1]!=r[2] {bad=1; exit} END{exit bad}' \
+	  && break; sleep 1; done
+	@$(RELEASE_BIN) get pods -A -o wide
+	@echo; echo "Try:"; \
+	echo "  $(RELEASE_BIN) exec curl-pod -- curl -s webpod          # through cluster DNS and the ClusterIP"; \
+	echo "  $(RELEASE_BIN) get ciliumnodes; $(RELEASE_BIN) get ciliumendpoints"; \
+	echo "  $(RELEASE_BIN) dbg status --verbose; $(RELEASE_BIN) dbg service list"; \
+	echo "  $(RELEASE_BIN) observe --pod curl-pod --last 20"; \
 	echo "  $(RELEASE_BIN) lab exec router -- tcpdump -i eth1 -nn"; \
+	echo "  $(RELEASE_BIN) lab upgrade --set routingMode=tunnel --set tunnelProtocol=geneve"; \
 	echo "  $(RELEASE_BIN) lab down"
 
 lab-down:
