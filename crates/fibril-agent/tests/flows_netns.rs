@@ -602,3 +602,101 @@ fn flows_through_a_cluster_ip() {
     std::mem::drop(w1);
     follower.join().unwrap();
 }
+
+#[test]
+fn tunnel_mode_shows_to_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello\n").unwrap();
+    let topo = Topology::builtin("seed-3w").unwrap();
+    let lab = uniq("flt").replace('x', "_");
+    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
+    let mut cleanup = Cleanup::default();
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/24"));
+    rt.block_on(set_pod_cidrs(&store, "k8s-w1", "10.244.1.0/24"));
+    let mut config = Config::default();
+    config
+        .apply_sets([
+            "ipam.mode=cluster-pool",
+            "routingMode=tunnel",
+            "tunnelProtocol=vxlan",
+            "kubeProxyReplacement=true",
+        ])
+        .unwrap();
+    let mut opts = |node: &str| {
+        let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
+        cleanup.pin_dirs.push(pin.clone());
+        let mut o = AgentOptions::new(
+            node,
+            &netns_name(&lab, node),
+            dir.path().join(node),
+            pin,
+            config.clone(),
+            store.clone(),
+        );
+        o.sync_interval = Duration::from_millis(200);
+        o
+    };
+    let ctr_opts = opts("k8s-ctr");
+    let w1_opts = opts("k8s-w1");
+    let ctr = Agent::start(ctr_opts.clone());
+    let w1 = Agent::start(w1_opts.clone());
+    let mut pod = |tag: &str| {
+        let n = uniq(tag);
+        NetNs::create(&n).unwrap();
+        cleanup.netns.push(n.clone());
+        n
+    };
+    let (pc, p1) = (pod("fltc"), pod("flt1"));
+    let _c_ip = cni_add(&ctr_opts.socket_path, "cid-c", &pc, "client");
+    let s1_ip = cni_add(&w1_opts.socket_path, "cid-s1", &p1, "webpod-remote");
+    let (client, ns1) = (TestNetns::existing(&pc), TestNetns::existing(&p1));
+    let _g1 = serve_http(&ns1, &www);
+    rt.block_on(store.put_as(&service("webpod", CIP))).unwrap();
+    rt.block_on(store.put_as(&slice("webpod", &[(s1_ip, "k8s-w1")])))
+        .unwrap();
+    let mut port = 48000u16;
+    let ok = eventually(Duration::from_secs(15), || {
+        port += 1;
+        curl(&client, CIP, port).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "curl through the ClusterIP (tunnel) never answered"
+    );
+    let port = port + 1;
+    assert!(curl(&client, CIP, port), "second curl");
+    std::thread::sleep(Duration::from_millis(300));
+    let v = flows(&ctr.client(), by_port(port));
+    dump("tunnel, k8s-ctr", &v);
+    let syn = v
+        .iter()
+        .find(|l| {
+            l.flow.as_ref().is_some_and(|f| {
+                f.obs_point == "to-overlay" && f.verdict == "FORWARDED" && f.tcp_flags == ["SYN"]
+            })
+        })
+        .expect("to-overlay SYN on the client's node");
+    let line = format_line(syn);
+    assert!(
+        line.contains(" -> default/webpod-remote:8080 (ID:")
+            && line.ends_with("to-overlay FORWARDED (TCP Flags: SYN)"),
+        "{line}"
+    );
+    let v = flows(&w1.client(), by_port(port));
+    dump("tunnel, k8s-w1", &v);
+    assert!(
+        v.iter().any(
+            |l| l.flow.as_ref().is_some_and(|f| f.obs_point == "to-endpoint"
+                && f.tcp_flags == ["SYN"]
+                && f.source.pod_name == "client")
+        ),
+        "to-endpoint SYN on the backend's node"
+    );
+}
