@@ -781,6 +781,18 @@ pub fn format_line(line: &FlowLine) -> String {
     let Some(f) = &line.flow else {
         return format!("{t}: (empty)");
     };
+    let unspecified = |p: &Peer| p.ip.is_none_or(|i| i.is_unspecified());
+    if unspecified(&f.source) && unspecified(&f.destination) && f.protocol == "proto 0" {
+        // No IPv4 header (the datapath drops other L3 protocols).
+        let mut s = format!(
+            "{t}: non-IPv4 packet (ifindex {}) {} {}",
+            f.ifindex, f.obs_point, f.verdict
+        );
+        if let Some(d) = &f.drop_reason_desc {
+            s.push_str(&format!(" ({d})"));
+        }
+        return s;
+    }
     let (src, arrow, dst) = match f.obs_point.as_str() {
         // Socket-level translation points: the client side without a port.
         "pre-xlate-fwd" | "post-xlate-fwd" => (
@@ -1354,6 +1366,19 @@ mod tests {
         .unwrap();
         let l = e.enrich(&f, T1);
         assert_eq!(format_line(&l), "Jul 30 06:30:32.254: default/curl-pod:1234 (ID:5580) -> default/webpod-697b545f57-bpzn9:80 (ID:12497) to-network DROPPED (Policy denied) (TCP Flags: SYN)");
+        let l3 = Flow::from_event(&FlowEvent {
+            event_type: EventType::Drop as u8,
+            obs_point: ObsPoint::FromEndpoint as u8,
+            verdict: Verdict::Dropped as u8,
+            drop_reason: DropReason::UnsupportedL3 as u8,
+            ifindex: 7,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            format_line(&e.enrich(&l3, T1)),
+            "Jul 30 06:30:32.254: non-IPv4 packet (ifindex 7) from-endpoint DROPPED (Unsupported L3 protocol)"
+        );
         let hub = FlowHub::new("k8s-ctr", 4, 4);
         hub.publish(l);
         let c = hub.counters();

@@ -193,6 +193,9 @@ fn follow_orders_nodes_and_reports_unreachable_agents() {
         .as_nanos() as u64;
     fake_agent(&a, vec![flow("k8s-ctr", now + 20 * MS, 2, &["ACK"])]);
     fake_agent(&b, vec![flow("k8s-w1", now + 10 * MS, 1, &["SYN"])]);
+    // -f --last: the stored flows, then live ones, nothing twice.
+    let (_, out, err) = observe(&["-f", "--last", "5"], &[a.clone(), b.clone()]);
+    assert_eq!(out.lines().count(), 2, "{out}\n{err}");
     let missing = dir.path().join("missing.sock");
     let (ok, out, err) = observe(&["-f"], &[a, b, missing]);
     // Every stream ends (fake agents close): the buffered flows are printed

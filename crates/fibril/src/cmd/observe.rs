@@ -235,21 +235,19 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         json,
         out: std::io::stdout(),
     };
-    if q.last > 0 || !args.follow {
+    if !args.follow {
         for l in history(&targets, &q)? {
             if !printer.print(&l) {
-                return Ok(ExitCode::SUCCESS);
+                break;
             }
         }
-    }
-    if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
     let (tx, rx) = mpsc::channel::<Result<FlowLine, String>>();
     let mut fq = q.clone();
     fq.follow = true;
     fq.last = 0;
-    for (name, c) in targets {
+    for (name, c) in targets.clone() {
         let tx = tx.clone();
         let fq = fq.clone();
         std::thread::spawn(move || {
@@ -262,11 +260,23 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         });
     }
     drop(tx);
+    // The stored flows after the live streams are open: nothing falls in
+    // between; live lines already printed as stored ones are skipped.
+    let mut printed_until = 0u64;
+    if q.last > 0 {
+        for l in history(&targets, &q)? {
+            printed_until = printed_until.max(l.time_ns);
+            if !printer.print(&l) {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
     let mut heap: BinaryHeap<ByTime> = BinaryHeap::new();
     let mut seq = 0u64;
     let window = u64::try_from(REORDER_WINDOW.as_nanos()).unwrap_or(u64::MAX);
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(l)) if l.time_ns <= printed_until => {}
             Ok(Ok(l)) => {
                 seq += 1;
                 heap.push(ByTime(l, seq));
