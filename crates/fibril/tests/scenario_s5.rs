@@ -15,6 +15,22 @@ use e2e::{eventually, text, Lab};
 const WEBPOD: &str = include_str!("../../../lab/manifests/webpod.yaml");
 const CURL_POD: &str = include_str!("../../../lab/manifests/curl-pod.yaml");
 const NODELOCAL: &str = include_str!("../../../lab/manifests/nodelocaldns.yaml");
+/// An address-matcher LRP: the node-local address 169.254.20.10:53 to the
+/// cache pod on the same node.
+const ADDRESS_LRP: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumLocalRedirectPolicy
+metadata: {name: nodelocaldns-address, namespace: kube-system}
+spec:
+  redirectFrontend:
+    addressMatcher:
+      ip: "169.254.20.10"
+      toPorts: [{port: "53", name: dns, protocol: UDP}]
+  redirectBackend:
+    localEndpointSelector:
+      matchLabels: {k8s-app: node-local-dns}
+    toPorts: [{port: "53", name: dns, protocol: UDP}]
+"#;
 
 fn dig(lab: &Lab, args: &[&str]) -> String {
     let mut cmd = vec!["dig", "+tries=2", "+timeout=2"];
@@ -170,6 +186,27 @@ fn s5_cluster_dns_nodelocal_and_lrp() {
         .map(|p| requests(&lab, &p.2, 9153, "tcp"))
         .sum();
     assert!(coredns_tcp > 0, "the cache forwards cluster names over TCP");
+
+    // An address matcher: 169.254.20.10:53 reaches the local cache too.
+    lab.apply(ADDRESS_LRP);
+    let l2 = requests(&lab, &local, 9253, "udp");
+    let answered = eventually(Duration::from_secs(20), || {
+        let a = dig(
+            &lab,
+            &[
+                "@169.254.20.10",
+                "+short",
+                "webpod.default.svc.cluster.local",
+            ],
+        );
+        a.lines().any(|l| l.trim() == svc).then_some(a)
+    });
+    assert!(answered.is_some(), "169.254.20.10 answers");
+    assert!(
+        requests(&lab, &local, 9253, "udp") > l2,
+        "through the local cache"
+    );
+    assert!(lab.ok(&["dbg", "lrp", "list"]).contains("169.254.20.10"));
 
     // A rollout of the cache loses no query.
     let (lost, out) = queries_during(&lab, 120, || {
