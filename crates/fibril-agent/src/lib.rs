@@ -45,6 +45,7 @@ mod persist;
 pub mod server;
 pub mod services;
 pub mod sync;
+pub mod testing;
 
 use std::future::Future;
 use std::net::Ipv4Addr;

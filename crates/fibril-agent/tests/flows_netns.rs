@@ -10,165 +10,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fibril_agent::api::Client;
 use fibril_agent::flows::{format_line, FlowFilter, FlowLine, FlowQuery};
-use fibril_agent::AgentOptions;
-use fibril_api::fibril::{FibrilNodeSpec, NodeIpamSpec};
-use fibril_api::{EndpointSlice, FibrilNode, Service};
+use fibril_agent::testing::{eventually, set_pod_cidrs, uniq, Cleanup, TestAgent};
+use fibril_api::{EndpointSlice, Service};
 use fibril_config::Config;
 use fibril_datapath::testing::fixture::{ChildGuard, TestNetns};
-use fibril_datapath::Datapath;
 use fibril_lab::{netns_name, Fabric, Topology};
-use fibril_netlink::NetNs;
 use fibril_store::{MemoryStore, SharedStore, StoreExt};
 use serde_json::json;
 
 const PY: &str = "/usr/bin/python3";
 const CURL: &str = "/usr/bin/curl";
-const PIN_ROOT: &str = "/sys/fs/bpf/fibril-test";
 const CIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
 const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
-
-fn uniq(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{tag}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Agent {
-    opts: AgentOptions,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl Agent {
-    fn start(opts: AgentOptions) -> Agent {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let o = opts.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(fibril_agent::run(o, async move {
-                let _ = rx.await;
-            }))
-            .map_err(|e| e.to_string())
-        });
-        let a = Agent {
-            opts,
-            stop: Some(tx),
-            thread: Some(thread),
-        };
-        let client = a.client();
-        let ok = eventually(Duration::from_secs(30), || {
-            if a.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                return Some(false);
-            }
-            client.healthz().ok().map(|_| true)
-        });
-        if ok != Some(true) {
-            let mut a = a;
-            let res = a.stop_now();
-            panic!("agent {} did not become ready: {res:?}", a.opts.node_name);
-        }
-        a
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.opts.socket_path)
-    }
-
-    fn stop_now(&mut self) -> Result<(), String> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| Err("agent panicked".into())),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.stop_now();
-    }
-}
-
-#[derive(Default)]
-struct Cleanup {
-    netns: Vec<String>,
-    pin_dirs: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.netns {
-            let _ = NetNs::delete_by_name(n);
-        }
-        for p in &self.pin_dirs {
-            if let Err(e) = Datapath::destroy(p) {
-                eprintln!("cleanup {}: {e}", p.display());
-            }
-        }
-        let _ = std::fs::remove_dir(PIN_ROOT);
-    }
-}
-
-fn cni_add(socket: &Path, cid: &str, netns: &str, pod: &str) -> Ipv4Addr {
-    let conf = json!({"cniVersion": "1.1.0", "name": "fibril", "type": "fibril-cni",
-        "agentSocket": socket})
-    .to_string();
-    let mut env = BTreeMap::new();
-    for (k, v) in [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", cid),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/opt/cni/bin"),
-    ] {
-        env.insert(k.to_string(), v.to_string());
-    }
-    env.insert("CNI_NETNS".into(), format!("/run/netns/{netns}"));
-    env.insert(
-        "CNI_ARGS".into(),
-        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
-    );
-    let mut out = Vec::new();
-    let code = fibril_cni::run_cni(&env, conf.as_bytes(), &mut out);
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-    assert_eq!(code, 0, "CNI ADD {pod}: {v}");
-    v["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .parse()
-        .unwrap()
-}
 
 fn serve_http(ns: &TestNetns, dir: &Path) -> ChildGuard {
     let g = ns.spawn(&format!(
@@ -215,17 +75,6 @@ fn slice(svc: &str, backends: &[(Ipv4Addr, &str)]) -> EndpointSlice {
         "endpoints": eps}),
     )
     .unwrap()
-}
-
-async fn set_pod_cidrs(store: &SharedStore, node: &str, cidr: &str) {
-    let spec = FibrilNodeSpec {
-        ipam: Some(NodeIpamSpec {
-            pod_cidrs: vec![cidr.parse().unwrap()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    store.create_as(&FibrilNode::new(node, spec)).await.unwrap();
 }
 
 /// Stored flows of an agent passing `filter` with `port` on either side.
@@ -306,35 +155,28 @@ fn flows_through_a_cluster_ip() {
         ])
         .unwrap();
     let mut opts = |node: &str| {
-        let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
-        cleanup.pin_dirs.push(pin.clone());
-        let mut o = AgentOptions::new(
+        cleanup.agent_options(
             node,
             &netns_name(&lab, node),
             dir.path().join(node),
-            pin,
-            config.clone(),
-            store.clone(),
-        );
-        o.sync_interval = Duration::from_millis(200);
-        o
+            &config,
+            &store,
+        )
     };
     let ctr_opts = opts("k8s-ctr");
     let w1_opts = opts("k8s-w1");
-    let ctr = Agent::start(ctr_opts.clone());
-    let w1 = Agent::start(w1_opts.clone());
+    let ctr = TestAgent::start(ctr_opts.clone());
+    let w1 = TestAgent::start(w1_opts.clone());
     eprintln!("agents ready after {:?}", t0.elapsed());
 
-    let mut pod = |tag: &str| {
-        let n = uniq(tag);
-        NetNs::create(&n).unwrap();
-        cleanup.netns.push(n.clone());
-        n
-    };
-    let (pc, p1, p2) = (pod("flwc"), pod("flw1"), pod("flw2"));
-    let c_ip = cni_add(&ctr_opts.socket_path, "cid-c", &pc, "client");
-    let s1_ip = cni_add(&w1_opts.socket_path, "cid-s1", &p1, "webpod-remote");
-    let s2_ip = cni_add(&ctr_opts.socket_path, "cid-s2", &p2, "webpod-local");
+    let (pc, p1, p2) = (
+        cleanup.netns("flwc"),
+        cleanup.netns("flw1"),
+        cleanup.netns("flw2"),
+    );
+    let c_ip = fibril_cni::testing::add(&ctr_opts.socket_path, "cid-c", &pc, "client");
+    let s1_ip = fibril_cni::testing::add(&w1_opts.socket_path, "cid-s1", &p1, "webpod-remote");
+    let s2_ip = fibril_cni::testing::add(&ctr_opts.socket_path, "cid-s2", &p2, "webpod-local");
     let (client, ns1, ns2) = (
         TestNetns::existing(&pc),
         TestNetns::existing(&p1),
@@ -630,32 +472,21 @@ fn tunnel_mode_shows_to_overlay() {
         ])
         .unwrap();
     let mut opts = |node: &str| {
-        let pin = PathBuf::from(PIN_ROOT).join(uniq("agent"));
-        cleanup.pin_dirs.push(pin.clone());
-        let mut o = AgentOptions::new(
+        cleanup.agent_options(
             node,
             &netns_name(&lab, node),
             dir.path().join(node),
-            pin,
-            config.clone(),
-            store.clone(),
-        );
-        o.sync_interval = Duration::from_millis(200);
-        o
+            &config,
+            &store,
+        )
     };
     let ctr_opts = opts("k8s-ctr");
     let w1_opts = opts("k8s-w1");
-    let ctr = Agent::start(ctr_opts.clone());
-    let w1 = Agent::start(w1_opts.clone());
-    let mut pod = |tag: &str| {
-        let n = uniq(tag);
-        NetNs::create(&n).unwrap();
-        cleanup.netns.push(n.clone());
-        n
-    };
-    let (pc, p1) = (pod("fltc"), pod("flt1"));
-    let _c_ip = cni_add(&ctr_opts.socket_path, "cid-c", &pc, "client");
-    let s1_ip = cni_add(&w1_opts.socket_path, "cid-s1", &p1, "webpod-remote");
+    let ctr = TestAgent::start(ctr_opts.clone());
+    let w1 = TestAgent::start(w1_opts.clone());
+    let (pc, p1) = (cleanup.netns("fltc"), cleanup.netns("flt1"));
+    let _c_ip = fibril_cni::testing::add(&ctr_opts.socket_path, "cid-c", &pc, "client");
+    let s1_ip = fibril_cni::testing::add(&w1_opts.socket_path, "cid-s1", &p1, "webpod-remote");
     let (client, ns1) = (TestNetns::existing(&pc), TestNetns::existing(&p1));
     let _g1 = serve_http(&ns1, &www);
     rt.block_on(store.put_as(&service("webpod", CIP))).unwrap();

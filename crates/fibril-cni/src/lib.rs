@@ -27,6 +27,8 @@
 //! path (`/proc/PID/ns/net`), which is bind-mounted under `/run/netns` for
 //! the duration of the call.
 
+pub mod testing;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
