@@ -4,11 +4,12 @@
 //! guard that removes the namespaces and pinned datapaths a test made
 //! ([`Cleanup`]), unique names and polling (re-exported from
 //! `fibril_datapath::testing::fixture`), and the store setup every fabric
-//! test does first ([`set_pod_cidrs`]). Needs root.
+//! test does first ([`store_with_pod_cidrs`], [`config_with`]). Needs root.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fibril_api::fibril::{FibrilNodeSpec, NodeIpamSpec};
@@ -16,7 +17,7 @@ use fibril_api::FibrilNode;
 use fibril_config::Config;
 use fibril_datapath::Datapath;
 use fibril_netlink::NetNs;
-use fibril_store::{SharedStore, StoreExt};
+use fibril_store::{MemoryStore, SharedStore, StoreExt};
 use ipnet::IpNet;
 
 pub use fibril_datapath::testing::fixture::{eventually, unique_name as uniq};
@@ -198,6 +199,38 @@ impl Drop for Cleanup {
         }
         let _ = std::fs::remove_dir(PIN_ROOT);
     }
+}
+
+/// Runs `f` on a fresh current-thread runtime (store calls from a test
+/// thread).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => panic!("runtime: {e}"),
+    }
+}
+
+/// An in-memory store holding a FibrilNode per `(node, pod CIDR)`
+/// ([`set_pod_cidrs`]).
+pub fn store_with_pod_cidrs(nodes: &[(&str, &str)]) -> SharedStore {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    for (node, cidr) in nodes {
+        block_on(set_pod_cidrs(&store, node, cidr));
+    }
+    store
+}
+
+/// The default config with `sets` (`key=value`, as `--set`) applied;
+/// panics on a bad one.
+pub fn config_with(sets: &[&str]) -> Config {
+    let mut config = Config::default();
+    if let Err(e) = config.apply_sets(sets) {
+        panic!("config {sets:?}: {e}");
+    }
+    config
 }
 
 /// Creates the FibrilNode `node` with `spec.ipam.podCIDRs = [cidr]` (what

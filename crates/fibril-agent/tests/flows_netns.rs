@@ -10,41 +10,39 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{serve_8080, TwoAgents, PY};
 use fibril_agent::api::Client;
 use fibril_agent::flows::{format_line, FlowFilter, FlowLine, FlowQuery};
-use fibril_agent::testing::{eventually, set_pod_cidrs, uniq, Cleanup, TestAgent};
+use fibril_agent::testing::{block_on, eventually};
 use fibril_api::{EndpointSlice, Service};
-use fibril_config::Config;
 use fibril_datapath::testing::fixture::{ChildGuard, TestNetns};
-use fibril_lab::{netns_name, Fabric, Topology};
-use fibril_store::{MemoryStore, SharedStore, StoreExt};
+use fibril_store::StoreExt;
 use serde_json::json;
 
-const PY: &str = "/usr/bin/python3";
 const CURL: &str = "/usr/bin/curl";
 const CIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
 const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
 
+/// `<bed dir>/www` with `index.html` = `page`.
+fn web_root(bed: &TwoAgents, page: &str) -> PathBuf {
+    let www = bed.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), page).unwrap();
+    www
+}
+
 fn serve_http(ns: &TestNetns, dir: &Path) -> ChildGuard {
-    let g = ns.spawn(&format!(
+    let cmd = format!(
         "{PY} -m http.server 8080 --bind 0.0.0.0 --directory {}",
         dir.display()
-    ));
-    let ok = eventually(Duration::from_secs(10), || {
-        ns.sh_output(&format!(
-            "{PY} -c 'import socket; socket.create_connection((\"127.0.0.1\", 8080), 1)'"
-        ))
-        .status
-        .success()
-        .then_some(())
-    });
-    assert!(ok.is_some(), "http server in {} did not start", ns.name());
-    g
+    );
+    serve_8080(ns, &cmd, &format!("http server in {}", ns.name()))
 }
 
 fn curl(ns: &TestNetns, ip: Ipv4Addr, local_port: u16) -> bool {
@@ -128,67 +126,27 @@ fn find_flags(v: &[FlowLine], from: usize, obs: &str, want: &[&str], exact: bool
 #[test]
 fn flows_through_a_cluster_ip() {
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "hello from webpod\n".repeat(50)).unwrap();
-    let topo = Topology::builtin("seed-3w").unwrap();
-    let lab = uniq("flw").replace('x', "_");
-    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
-    let mut cleanup = Cleanup::default();
-
-    let store: SharedStore = Arc::new(MemoryStore::new());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/24"));
-    rt.block_on(set_pod_cidrs(&store, "k8s-w1", "10.244.1.0/24"));
-    let mut config = Config::default();
-    config
-        .apply_sets([
+    let mut bed = TwoAgents::up(
+        "flw",
+        &[
             "ipam.mode=cluster-pool",
             "routingMode=native",
             "autoDirectNodeRoutes=true",
             "ipv4NativeRoutingCIDR=10.244.0.0/16",
             "kubeProxyReplacement=true",
-        ])
-        .unwrap();
-    let mut opts = |node: &str| {
-        cleanup.agent_options(
-            node,
-            &netns_name(&lab, node),
-            dir.path().join(node),
-            &config,
-            &store,
-        )
-    };
-    let ctr_opts = opts("k8s-ctr");
-    let w1_opts = opts("k8s-w1");
-    let ctr = TestAgent::start(ctr_opts.clone());
-    let w1 = TestAgent::start(w1_opts.clone());
+        ],
+    );
     eprintln!("agents ready after {:?}", t0.elapsed());
-
-    let (pc, p1, p2) = (
-        cleanup.netns("flwc"),
-        cleanup.netns("flw1"),
-        cleanup.netns("flw2"),
-    );
-    let c_ip = fibril_cni::testing::add(&ctr_opts.socket_path, "cid-c", &pc, "client");
-    let s1_ip = fibril_cni::testing::add(&w1_opts.socket_path, "cid-s1", &p1, "webpod-remote");
-    let s2_ip = fibril_cni::testing::add(&ctr_opts.socket_path, "cid-s2", &p2, "webpod-local");
-    let (client, ns1, ns2) = (
-        TestNetns::existing(&pc),
-        TestNetns::existing(&p1),
-        TestNetns::existing(&p2),
-    );
+    let www = web_root(&bed, &"hello from webpod\n".repeat(50));
+    let (client, c_ip) = bed.pod("k8s-ctr", "flwc", "cid-c", "client");
+    let (ns1, s1_ip) = bed.pod("k8s-w1", "flw1", "cid-s1", "webpod-remote");
+    let (ns2, s2_ip) = bed.pod("k8s-ctr", "flw2", "cid-s2", "webpod-local");
     let _g1 = serve_http(&ns1, &www);
     let _g2 = serve_http(&ns2, &www);
 
     // 1. ClusterIP with the local backend: the whole sequence on k8s-ctr.
-    rt.block_on(store.put_as(&service("webpod", CIP))).unwrap();
-    rt.block_on(store.put_as(&slice("webpod", &[(s2_ip, "k8s-ctr")])))
-        .unwrap();
+    block_on(bed.store.put_as(&service("webpod", CIP))).unwrap();
+    block_on(bed.store.put_as(&slice("webpod", &[(s2_ip, "k8s-ctr")]))).unwrap();
     let mut port = 45000u16;
     let ok = eventually(Duration::from_secs(15), || {
         port += 1;
@@ -199,7 +157,7 @@ fn flows_through_a_cluster_ip() {
     std::thread::sleep(Duration::from_millis(1500));
     let port = port + 1;
     assert!(curl(&client, CIP, port), "curl on port {port}");
-    let ctr_c = ctr.client();
+    let ctr_c = bed.ctr.client();
     let v = eventually(Duration::from_secs(5), || {
         let v = flows(&ctr_c, by_port(port));
         find_flags(&v, 0, "to-endpoint", &["ACK", "FIN"], false).map(|_| v)
@@ -301,8 +259,7 @@ fn flows_through_a_cluster_ip() {
 
     // 2. Remote backend (native routing): to-network on k8s-ctr,
     //    to-endpoint on k8s-w1.
-    rt.block_on(store.put_as(&slice("webpod", &[(s1_ip, "k8s-w1")])))
-        .unwrap();
+    block_on(bed.store.put_as(&slice("webpod", &[(s1_ip, "k8s-w1")]))).unwrap();
     let mut port = 46000u16;
     let ok = eventually(Duration::from_secs(15), || {
         port += 1;
@@ -350,7 +307,7 @@ fn flows_through_a_cluster_ip() {
         line.ends_with("to-network FORWARDED (TCP Flags: SYN)"),
         "{line}"
     );
-    let w1_c = w1.client();
+    let w1_c = bed.w1.client();
     let v = flows(&w1_c, by_port(port));
     dump("remote backend, k8s-w1", &v);
     assert!(
@@ -367,7 +324,7 @@ fn flows_through_a_cluster_ip() {
     // 3. A Service without backends: DROPPED with a reason (also seen by a
     //    follower that started before).
     let (ftx, frx) = std::sync::mpsc::channel::<FlowLine>();
-    let follow_client = ctr.client();
+    let follow_client = bed.ctr.client();
     let follower = std::thread::spawn(move || {
         let q = FlowQuery {
             last: 0,
@@ -379,9 +336,8 @@ fn flows_through_a_cluster_ip() {
         };
         let _ = follow_client.flows(&q, |l| ftx.send(l).is_ok());
     });
-    rt.block_on(store.put_as(&service("empty", EMPTY_IP)))
-        .unwrap();
-    rt.block_on(store.put_as(&slice("empty", &[]))).unwrap();
+    block_on(bed.store.put_as(&service("empty", EMPTY_IP))).unwrap();
+    block_on(bed.store.put_as(&slice("empty", &[]))).unwrap();
     let dport = 47001u16;
     let drop = eventually(Duration::from_secs(10), || {
         let _ = curl(&client, EMPTY_IP, dport);
@@ -440,58 +396,28 @@ fn flows_through_a_cluster_ip() {
     assert!(m.trim_end().ends_with("# EOF"), "{m}");
     eprintln!("done in {:?}", t0.elapsed());
     // The follower ends with the agents (stream closed).
-    std::mem::drop(ctr);
-    std::mem::drop(w1);
+    std::mem::drop(bed.ctr);
+    std::mem::drop(bed.w1);
     follower.join().unwrap();
 }
 
 #[test]
 fn tunnel_mode_shows_to_overlay() {
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "hello\n").unwrap();
-    let topo = Topology::builtin("seed-3w").unwrap();
-    let lab = uniq("flt").replace('x', "_");
-    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
-    let mut cleanup = Cleanup::default();
-    let store: SharedStore = Arc::new(MemoryStore::new());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/24"));
-    rt.block_on(set_pod_cidrs(&store, "k8s-w1", "10.244.1.0/24"));
-    let mut config = Config::default();
-    config
-        .apply_sets([
+    let mut bed = TwoAgents::up(
+        "flt",
+        &[
             "ipam.mode=cluster-pool",
             "routingMode=tunnel",
             "tunnelProtocol=vxlan",
             "kubeProxyReplacement=true",
-        ])
-        .unwrap();
-    let mut opts = |node: &str| {
-        cleanup.agent_options(
-            node,
-            &netns_name(&lab, node),
-            dir.path().join(node),
-            &config,
-            &store,
-        )
-    };
-    let ctr_opts = opts("k8s-ctr");
-    let w1_opts = opts("k8s-w1");
-    let ctr = TestAgent::start(ctr_opts.clone());
-    let w1 = TestAgent::start(w1_opts.clone());
-    let (pc, p1) = (cleanup.netns("fltc"), cleanup.netns("flt1"));
-    let _c_ip = fibril_cni::testing::add(&ctr_opts.socket_path, "cid-c", &pc, "client");
-    let s1_ip = fibril_cni::testing::add(&w1_opts.socket_path, "cid-s1", &p1, "webpod-remote");
-    let (client, ns1) = (TestNetns::existing(&pc), TestNetns::existing(&p1));
+        ],
+    );
+    let www = web_root(&bed, "hello\n");
+    let (client, _c_ip) = bed.pod("k8s-ctr", "fltc", "cid-c", "client");
+    let (ns1, s1_ip) = bed.pod("k8s-w1", "flt1", "cid-s1", "webpod-remote");
     let _g1 = serve_http(&ns1, &www);
-    rt.block_on(store.put_as(&service("webpod", CIP))).unwrap();
-    rt.block_on(store.put_as(&slice("webpod", &[(s1_ip, "k8s-w1")])))
-        .unwrap();
+    block_on(bed.store.put_as(&service("webpod", CIP))).unwrap();
+    block_on(bed.store.put_as(&slice("webpod", &[(s1_ip, "k8s-w1")]))).unwrap();
     let mut port = 48000u16;
     let ok = eventually(Duration::from_secs(15), || {
         port += 1;
@@ -504,7 +430,7 @@ fn tunnel_mode_shows_to_overlay() {
     let port = port + 1;
     assert!(curl(&client, CIP, port), "second curl");
     std::thread::sleep(Duration::from_millis(300));
-    let v = flows(&ctr.client(), by_port(port));
+    let v = flows(&bed.ctr.client(), by_port(port));
     dump("tunnel, k8s-ctr", &v);
     let syn = v
         .iter()
@@ -520,7 +446,7 @@ fn tunnel_mode_shows_to_overlay() {
             && line.ends_with("to-overlay FORWARDED (TCP Flags: SYN)"),
         "{line}"
     );
-    let v = flows(&w1.client(), by_port(port));
+    let v = flows(&bed.w1.client(), by_port(port));
     dump("tunnel, k8s-w1", &v);
     assert!(
         v.iter().any(

@@ -9,22 +9,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fibril_agent::testing::{eventually, set_pod_cidrs, uniq, Cleanup, TestAgent};
+use common::{serve_8080, TwoAgents, PY};
+use fibril_agent::testing::{block_on, eventually, TestAgent};
 use fibril_api::{EndpointSlice, FibrilLocalRedirectPolicy, Pod, Service};
-use fibril_config::Config;
 use fibril_datapath::testing::fixture::{ChildGuard, TestNetns};
 use fibril_datapath::{LbDump, Maps};
-use fibril_lab::{netns_name, Fabric, Topology};
-use fibril_store::{MemoryStore, SharedStore, StoreExt};
+use fibril_lab::netns_name;
+use fibril_store::StoreExt;
 use serde_json::json;
 
-const PY: &str = "/usr/bin/python3";
 const CIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 240);
 const CTR_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 100);
@@ -79,17 +79,8 @@ else:
 "#;
 
 fn serve(ns: &TestNetns, script: &Path, name: &str) -> ChildGuard {
-    let g = ns.spawn(&format!("{PY} {} serve {name} 8080", script.display()));
-    let ok = eventually(Duration::from_secs(10), || {
-        ns.sh_output(&format!(
-            "{PY} -c 'import socket; socket.create_connection((\"127.0.0.1\", 8080), 1)'"
-        ))
-        .status
-        .success()
-        .then_some(())
-    });
-    assert!(ok.is_some(), "server {name} did not start");
-    g
+    let cmd = format!("{PY} {} serve {name} 8080", script.display());
+    serve_8080(ns, &cmd, &format!("server {name}"))
 }
 
 /// Backend names answering `n` connections to `dst:port` from `ns`.
@@ -169,69 +160,32 @@ fn slice(backends: &[(Ipv4Addr, &str)]) -> EndpointSlice {
 #[test]
 fn services_follow_the_store() {
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("svc.py");
-    std::fs::write(&script, SCRIPT).unwrap();
-    let topo = Topology::builtin("seed-3w").unwrap();
-    let lab = uniq("svc").replace('x', "_");
-    let _fabric = Fabric::up_guarded(&topo, &lab).unwrap();
-    let mut cleanup = Cleanup::default();
-    let router = TestNetns::existing(&netns_name(&lab, "router"));
-
-    let store: SharedStore = Arc::new(MemoryStore::new());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/24"));
-    rt.block_on(set_pod_cidrs(&store, "k8s-w1", "10.244.1.0/24"));
-    let mut config = Config::default();
-    config
-        .apply_sets([
+    let mut bed = TwoAgents::up(
+        "svc",
+        &[
             "ipam.mode=cluster-pool",
             "routingMode=native",
             "autoDirectNodeRoutes=true",
             "ipv4NativeRoutingCIDR=10.244.0.0/16",
             "kubeProxyReplacement=true",
             "localRedirectPolicy=true",
-        ])
-        .unwrap();
-    let mut opts = |node: &str| {
-        cleanup.agent_options(
-            node,
-            &netns_name(&lab, node),
-            dir.path().join(node),
-            &config,
-            &store,
-        )
-    };
-    let ctr_opts = opts("k8s-ctr");
-    let w1_opts = opts("k8s-w1");
-    let mut ctr = TestAgent::start(ctr_opts.clone());
-    let w1 = TestAgent::start(w1_opts.clone());
+        ],
+    );
     eprintln!("agents ready after {:?}", t0.elapsed());
+    let script = bed.dir.path().join("svc.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let router = TestNetns::existing(&netns_name(&bed.lab, "router"));
 
     // Pods: client and s2 on k8s-ctr, s1 on k8s-w1.
-    let (pc, p1, p2) = (
-        cleanup.netns("svcc"),
-        cleanup.netns("svc1"),
-        cleanup.netns("svc2"),
-    );
-    let _c_ip = fibril_cni::testing::add(&ctr_opts.socket_path, "cid-c", &pc, "client");
-    let s1_ip = fibril_cni::testing::add(&w1_opts.socket_path, "cid-s1", &p1, "s1");
-    let s2_ip = fibril_cni::testing::add(&ctr_opts.socket_path, "cid-s2", &p2, "s2");
-    let (client, ns1, ns2) = (
-        TestNetns::existing(&pc),
-        TestNetns::existing(&p1),
-        TestNetns::existing(&p2),
-    );
+    let (client, _c_ip) = bed.pod("k8s-ctr", "svcc", "cid-c", "client");
+    let (ns1, s1_ip) = bed.pod("k8s-w1", "svc1", "cid-s1", "s1");
+    let (ns2, s2_ip) = bed.pod("k8s-ctr", "svc2", "cid-s2", "s2");
     let _g1 = serve(&ns1, &script, "s1");
     let _g2 = serve(&ns2, &script, "s2");
 
     // NodePort service with the remote backend s1.
-    rt.block_on(store.put_as(&service(false))).unwrap();
-    rt.block_on(store.put_as(&slice(&[(s1_ip, "k8s-w1")])))
-        .unwrap();
+    block_on(bed.store.put_as(&service(false))).unwrap();
+    block_on(bed.store.put_as(&slice(&[(s1_ip, "k8s-w1")]))).unwrap();
     until_only(&client, &script, CIP, 80, &["s1"], "ClusterIP from a pod");
     until_only(
         &router,
@@ -245,8 +199,7 @@ fn services_follow_the_store() {
     eprintln!("ClusterIP + NodePort ok ({:?})", t0.elapsed());
 
     // The slice changes: s2 only, then both.
-    rt.block_on(store.put_as(&slice(&[(s2_ip, "k8s-ctr")])))
-        .unwrap();
+    block_on(bed.store.put_as(&slice(&[(s2_ip, "k8s-ctr")]))).unwrap();
     until_only(
         &client,
         &script,
@@ -255,11 +208,14 @@ fn services_follow_the_store() {
         &["s2"],
         "after the slice moved to s2",
     );
-    rt.block_on(store.put_as(&slice(&[(s1_ip, "k8s-w1"), (s2_ip, "k8s-ctr")])))
-        .unwrap();
+    block_on(
+        bed.store
+            .put_as(&slice(&[(s1_ip, "k8s-w1"), (s2_ip, "k8s-ctr")])),
+    )
+    .unwrap();
     until_only(&client, &script, CIP, 80, &["s1", "s2"], "both backends");
     eprintln!("slice updates followed in {:?}", t.elapsed());
-    let listing = LbDump::read(&Maps::new(&ctr_opts.pin_dir))
+    let listing = LbDump::read(&Maps::new(&bed.ctr_opts.pin_dir))
         .unwrap()
         .format_service_list();
     eprintln!("{listing}");
@@ -271,7 +227,7 @@ fn services_follow_the_store() {
     );
 
     // LoadBalancer IP on the node subnet: k8s-ctr (smallest name) answers ARP.
-    rt.block_on(store.put_as(&service(true))).unwrap();
+    block_on(bed.store.put_as(&service(true))).unwrap();
     until_only(
         &router,
         &script,
@@ -280,49 +236,47 @@ fn services_follow_the_store() {
         &["s1", "s2"],
         "LoadBalancer IP from the router",
     );
-    let st = ctr.client().status().unwrap();
+    let st = bed.ctr.client().status().unwrap();
     assert_eq!(st.announced, vec![LB_IP], "{st:?}");
-    let st_w1 = w1.client().status().unwrap();
+    let st_w1 = bed.w1.client().status().unwrap();
     assert!(st_w1.announced.is_empty(), "{st_w1:?}");
     eprintln!("LoadBalancer ok ({:?})", t0.elapsed());
 
-    // Local Redirect Policy: the ClusterIP goes to the local pod s2 on k8s-ctr.
-    rt.block_on(store.put_as(&slice(&[(s1_ip, "k8s-w1")])))
-        .unwrap();
+    // Local Redirect Policy: the ClusterIP goes to the local pod s2 on k8s-bed.ctr.
+    block_on(bed.store.put_as(&slice(&[(s1_ip, "k8s-w1")]))).unwrap();
     until_only(&client, &script, CIP, 80, &["s1"], "before the LRP");
     let lrp_pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "s2", "namespace": "default", "labels": {"app": "local-web"}},
         "spec": {"nodeName": "k8s-ctr", "containers": [{"name": "c", "image": "x"}]},
         "status": {"phase": "Running", "podIP": s2_ip.to_string()}}))
     .unwrap();
-    rt.block_on(store.put_as(&lrp_pod)).unwrap();
+    block_on(bed.store.put_as(&lrp_pod)).unwrap();
     let lrp: FibrilLocalRedirectPolicy = serde_json::from_value(json!({
         "metadata": {"name": "web-local", "namespace": "default"},
         "spec": {"redirectFrontend": {"serviceMatcher": {"serviceName": "web", "namespace": "default"}},
             "redirectBackend": {"localEndpointSelector": {"matchLabels": {"app": "local-web"}},
                 "toPorts": [{"port": "8080", "name": "http", "protocol": "TCP"}]}}}))
     .unwrap();
-    rt.block_on(store.put_as(&lrp)).unwrap();
+    block_on(bed.store.put_as(&lrp)).unwrap();
     until_only(&client, &script, CIP, 80, &["s2"], "LRP to the local pod");
-    let lrps = ctr.client().lrps().unwrap();
+    let lrps = bed.ctr.client().lrps().unwrap();
     let text = fibril_agent::services::format_lrp_list(&lrps);
     eprintln!("{text}");
     assert!(
         text.contains(&format!("{CIP}:80/TCP -> {s2_ip}:8080(default/s2),")),
         "{text}"
     );
-    let listing = LbDump::read(&Maps::new(&ctr_opts.pin_dir))
+    let listing = LbDump::read(&Maps::new(&bed.ctr_opts.pin_dir))
         .unwrap()
         .format_service_list();
     assert!(listing.contains("LocalRedirect"), "{listing}");
     // k8s-w1 has no local backend: its ClusterIP stays (fallback).
-    let w1_list = LbDump::read(&Maps::new(&w1_opts.pin_dir))
+    let w1_list = LbDump::read(&Maps::new(&bed.w1_opts.pin_dir))
         .unwrap()
         .format_service_list();
     assert!(!w1_list.contains("LocalRedirect"), "{w1_list}");
     // The pod goes: back to the service's backends.
-    rt.block_on(store.delete_as::<Pod>(Some("default"), "s2", None))
-        .unwrap();
+    block_on(bed.store.delete_as::<Pod>(Some("default"), "s2", None)).unwrap();
     until_only(&client, &script, CIP, 80, &["s1"], "LRP fallback");
     eprintln!("LRP ok ({:?})", t0.elapsed());
 
@@ -331,10 +285,10 @@ fn services_follow_the_store() {
     // to k8s-w1 (gratuitous ARP updates the router at once).
     let mut local = service(true);
     local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
-    rt.block_on(store.put_as(&local)).unwrap();
+    block_on(bed.store.put_as(&local)).unwrap();
     let moved = eventually(Duration::from_secs(10), || {
-        let a = ctr.client().status().ok()?.announced;
-        let b = w1.client().status().ok()?.announced;
+        let a = bed.ctr.client().status().ok()?.announced;
+        let b = bed.w1.client().status().ok()?.announced;
         (a.is_empty() && b == vec![LB_IP]).then_some(())
     });
     assert!(moved.is_some(), "LB IP announced by k8s-w1 with eTP=Local");
@@ -358,7 +312,7 @@ fn services_follow_the_store() {
     eprintln!("eTP=Local ok ({:?})", t0.elapsed());
 
     // Debug API on real data.
-    let c = ctr.client();
+    let c = bed.ctr.client();
     let svcs = c.services().unwrap();
     assert!(
         svcs.iter()
@@ -388,21 +342,21 @@ fn services_follow_the_store() {
 
     // Restart: ids and entries unchanged, nothing rewritten, and a
     // connection established through the ClusterIP keeps working.
-    let flag = dir.path().join("go");
+    let flag = bed.dir.path().join("go");
     let held = client.spawn(&format!(
         "{PY} {} hold {CIP} 80 {}",
         script.display(),
         flag.display()
     ));
-    let up = dir.path().join("go.up");
+    let up = bed.dir.path().join("go.up");
     assert!(
         eventually(Duration::from_secs(10), || up.exists().then_some(())).is_some(),
         "held connection did not come up"
     );
-    let before = LbDump::read(&Maps::new(&ctr_opts.pin_dir)).unwrap();
+    let before = LbDump::read(&Maps::new(&bed.ctr_opts.pin_dir)).unwrap();
     let upserts = c.status().unwrap().stats.services_upserted;
     assert!(upserts > 0);
-    ctr.stop().unwrap();
+    bed.ctr.stop().unwrap();
     until_only(
         &client,
         &script,
@@ -411,14 +365,13 @@ fn services_follow_the_store() {
         &["s1"],
         "while the agent is down",
     );
-    drop(ctr);
-    let ctr = TestAgent::start(ctr_opts.clone());
+    bed.ctr = TestAgent::start(bed.ctr_opts.clone());
     let synced = eventually(Duration::from_secs(10), || {
-        let s = ctr.client().status().ok()?;
+        let s = bed.ctr.client().status().ok()?;
         (s.stats.sync_passes >= 2).then_some(s)
     })
     .expect("sync after restart");
-    let after = LbDump::read(&Maps::new(&ctr_opts.pin_dir)).unwrap();
+    let after = LbDump::read(&Maps::new(&bed.ctr_opts.pin_dir)).unwrap();
     assert_eq!(
         before.services, after.services,
         "service entries after restart"
