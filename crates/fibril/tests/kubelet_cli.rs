@@ -11,106 +11,24 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fibril_agent::testing::{
+    block_on, config_with, eventually, store_with_pod_cidrs, RuntimeThread, TestAgent,
+    SYNC_INTERVAL,
+};
 use fibril_agent::AgentOptions;
-use fibril_api::fibril::{FibrilNodeSpec, NodeIpamSpec};
-use fibril_api::{FibrilNode, ObjectKey, Pod};
-use fibril_config::Config;
+use fibril_api::{ObjectKey, Pod};
 use fibril_kubelet::{KubeletOptions, PodRecord};
 use fibril_lab::{netns_name, paths, Fabric, Topology};
-use fibril_store::{MemoryStore, SharedStore, StoreExt};
+use fibril_store::{SharedStore, StoreExt};
 use serde_json::{json, Value};
 
 const FIBRIL: &str = env!("CARGO_BIN_EXE_fibril");
 
-fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A component (agent or pod runner) on its own runtime thread.
-struct Task {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl Task {
-    fn agent(opts: AgentOptions) -> Task {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let socket = opts.socket_path.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(fibril_agent::run(opts, async move {
-                let _ = rx.await;
-            }))
-            .map_err(|e| e.to_string())
-        });
-        let t = Task {
-            stop: Some(tx),
-            thread: Some(thread),
-        };
-        let client = fibril_agent::api::Client::new(&socket);
-        let ok = eventually(Duration::from_secs(30), || client.healthz().ok());
-        assert!(ok.is_some(), "agent at {} not ready", socket.display());
-        t
-    }
-
-    fn kubelet(opts: KubeletOptions) -> Task {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(fibril_kubelet::run(opts, async move {
-                let _ = rx.await;
-            }))
-            .map_err(|e| e.to_string())
-        });
-        Task {
-            stop: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) -> Result<(), String> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| Err("panicked".into())),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+/// A pod runner on its own runtime thread.
+fn kubelet(opts: KubeletOptions) -> RuntimeThread {
+    RuntimeThread::spawn(move |shutdown| fibril_kubelet::run(opts, shutdown))
 }
 
 fn pod(name: &str, node: &str, image: &str, extra: Value) -> Pod {
@@ -130,7 +48,7 @@ fn pod(name: &str, node: &str, image: &str, extra: Value) -> Pod {
 }
 
 fn get_pod(store: &SharedStore, name: &str) -> Option<Pod> {
-    block(store.get_as::<Pod>(Some("default"), name)).unwrap()
+    block_on(store.get_as::<Pod>(Some("default"), name)).unwrap()
 }
 
 fn running_ip(store: &SharedStore, name: &str) -> Option<String> {
@@ -141,7 +59,7 @@ fn running_ip(store: &SharedStore, name: &str) -> Option<String> {
 }
 
 fn events_of(store: &SharedStore, pod: &str) -> Vec<Value> {
-    block(store.list("Event", Some("default")))
+    block_on(store.list("Event", Some("default")))
         .unwrap()
         .items
         .into_iter()
@@ -167,35 +85,19 @@ fn record(lab: &str, pod: &str) -> Option<PodRecord> {
     fibril_kubelet::record::find(lab, "default", pod).unwrap()
 }
 
-async fn set_pod_cidrs(store: &SharedStore, node: &str, cidr: &str) {
-    let spec = FibrilNodeSpec {
-        ipam: Some(NodeIpamSpec {
-            pod_cidrs: vec![cidr.parse().unwrap()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    store.create_as(&FibrilNode::new(node, spec)).await.unwrap();
-}
-
 #[test]
 fn pod_runner_on_the_fabric() {
     let t0 = Instant::now();
     let lab = format!("kl{}", std::process::id() % 100_000);
     let topo = Topology::builtin("seed-3w").unwrap();
     let fabric = Fabric::up_guarded(&topo, &lab).unwrap();
-    let store: SharedStore = Arc::new(MemoryStore::new());
-    block(set_pod_cidrs(&store, "k8s-ctr", "10.244.0.0/26"));
-    block(set_pod_cidrs(&store, "k8s-w1", "10.244.1.0/29"));
-    let mut config = Config::default();
-    config
-        .apply_sets([
-            "ipam.mode=cluster-pool",
-            "routingMode=native",
-            "autoDirectNodeRoutes=true",
-            "ipv4NativeRoutingCIDR=10.244.0.0/16",
-        ])
-        .unwrap();
+    let store = store_with_pod_cidrs(&[("k8s-ctr", "10.244.0.0/26"), ("k8s-w1", "10.244.1.0/29")]);
+    let config = config_with(&[
+        "ipam.mode=cluster-pool",
+        "routingMode=native",
+        "autoDirectNodeRoutes=true",
+        "ipv4NativeRoutingCIDR=10.244.0.0/16",
+    ]);
     let agent_opts = |node: &str| {
         let mut o = AgentOptions::new(
             node,
@@ -205,12 +107,12 @@ fn pod_runner_on_the_fabric() {
             config.clone(),
             store.clone(),
         );
-        o.sync_interval = Duration::from_millis(200);
+        o.sync_interval = SYNC_INTERVAL;
         o
     };
     let mut agents = vec![
-        Task::agent(agent_opts("k8s-ctr")),
-        Task::agent(agent_opts("k8s-w1")),
+        TestAgent::start(agent_opts("k8s-ctr")),
+        TestAgent::start(agent_opts("k8s-w1")),
     ];
     let kubelet_opts = |node: &str| {
         let mut o = KubeletOptions::new(&lab, node, store.clone());
@@ -218,13 +120,13 @@ fn pod_runner_on_the_fabric() {
         o.poll_interval = Duration::from_millis(200);
         o
     };
-    let mut ctr = Task::kubelet(kubelet_opts("k8s-ctr"));
-    let mut w1 = Task::kubelet(kubelet_opts("k8s-w1"));
+    let mut ctr = kubelet(kubelet_opts("k8s-ctr"));
+    let mut w1 = kubelet(kubelet_opts("k8s-w1"));
     eprintln!("agents and pod runners up after {:?}", t0.elapsed());
 
     // Node registration.
     let node = eventually(Duration::from_secs(10), || {
-        block(store.get_as::<fibril_api::Node>(None, "k8s-ctr")).unwrap()
+        block_on(store.get_as::<fibril_api::Node>(None, "k8s-ctr")).unwrap()
     })
     .expect("Node k8s-ctr registered");
     let labels = node.metadata.labels.clone().unwrap();
@@ -240,7 +142,7 @@ fn pod_runner_on_the_fabric() {
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True"));
     let w1_node: fibril_api::Node = eventually(Duration::from_secs(10), || {
-        block(store.get_as::<fibril_api::Node>(None, "k8s-w1")).unwrap()
+        block_on(store.get_as::<fibril_api::Node>(None, "k8s-w1")).unwrap()
     })
     .unwrap();
     assert!(!w1_node
@@ -277,7 +179,7 @@ fn pod_runner_on_the_fabric() {
             p
         },
     ] {
-        block(store.create_as(&p)).unwrap();
+        block_on(store.create_as(&p)).unwrap();
     }
     let web_ip = eventually(Duration::from_secs(30), || running_ip(&store, "webpod"))
         .expect("webpod Running");
@@ -408,7 +310,8 @@ fn pod_runner_on_the_fabric() {
 
     // Range is full on k8s-w1 (/29: router, health, web-w1 + 3 more).
     for i in 0..4 {
-        block(store.create_as(&pod(&format!("idle-{i}"), "k8s-w1", "busybox", json!({})))).unwrap();
+        block_on(store.create_as(&pod(&format!("idle-{i}"), "k8s-w1", "busybox", json!({}))))
+            .unwrap();
     }
     let full = eventually(Duration::from_secs(30), || {
         (0..4).find_map(|i| {
@@ -457,7 +360,7 @@ fn pod_runner_on_the_fabric() {
         .map(|i| format!("idle-{i}"))
         .find(|n| *n != full_pod)
         .unwrap();
-    block(store.delete_as::<Pod>(Some("default"), &other, None)).unwrap();
+    block_on(store.delete_as::<Pod>(Some("default"), &other, None)).unwrap();
     let t = Instant::now();
     let recovered = eventually(Duration::from_secs(45), || running_ip(&store, &full_pod));
     eprintln!(
@@ -493,7 +396,7 @@ fn pod_runner_on_the_fabric() {
     // A restarted pod runner adopts running pods.
     ctr.stop().unwrap();
     let pid_before = record(&lab, "webpod").unwrap().pid;
-    let mut ctr = Task::kubelet(kubelet_opts("k8s-ctr"));
+    let mut ctr = kubelet(kubelet_opts("k8s-ctr"));
     std::thread::sleep(Duration::from_secs(2));
     let rec = record(&lab, "webpod").unwrap();
     assert_eq!(rec.pid, pid_before, "webpod not restarted");
@@ -506,10 +409,10 @@ fn pod_runner_on_the_fabric() {
     // Deletion (contract: deletionTimestamp set, the pod runner cleans up
     // and deletes the object).
     let key = ObjectKey::new("Pod", Some("default"), "webpod");
-    let obj = block(store.get(&key)).unwrap().unwrap();
+    let obj = block_on(store.get(&key)).unwrap().unwrap();
     let mut v = obj.value.clone();
     v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-    block(store.update(&key, v, obj.mod_revision)).unwrap();
+    block_on(store.update(&key, v, obj.mod_revision)).unwrap();
     let t = Instant::now();
     let gone = eventually(Duration::from_secs(15), || {
         get_pod(&store, "webpod").is_none().then_some(())
@@ -534,7 +437,7 @@ fn pod_runner_on_the_fabric() {
 
     // A vanished pod object: the sandbox goes too.
     let rec = record(&lab, "curl-pod").unwrap();
-    block(store.delete_as::<Pod>(Some("default"), "curl-pod", None)).unwrap();
+    block_on(store.delete_as::<Pod>(Some("default"), "curl-pod", None)).unwrap();
     let cleaned = eventually(Duration::from_secs(15), || {
         (record(&lab, "curl-pod").is_none() && !rec.is_running()).then_some(())
     });
@@ -546,7 +449,7 @@ fn pod_runner_on_the_fabric() {
 
     // Deleting the host-network pod leaves the node's namespace alone.
     let rec = record(&lab, "host-nginx").unwrap();
-    block(store.delete_as::<Pod>(Some("default"), "host-nginx", None)).unwrap();
+    block_on(store.delete_as::<Pod>(Some("default"), "host-nginx", None)).unwrap();
     let cleaned = eventually(Duration::from_secs(15), || {
         (record(&lab, "host-nginx").is_none() && !rec.is_running()).then_some(())
     });
