@@ -1296,7 +1296,15 @@ fn put_datapath(
 
 /// Removes what [`put_datapath`] created (errors ignored: best effort).
 fn undo_datapath(h: &Handles, ip: Ipv4Addr, ifname: &str) {
-    let _ = Datapath::detach_interface(&h.pin_dir, ifname);
+    // The veth may still exist here: delete its tc filter too.
+    match h.dp.lock() {
+        Ok(mut dp) => {
+            let _ = dp.detach_endpoint(ifname);
+        }
+        Err(_) => {
+            let _ = Datapath::detach_interface(&h.pin_dir, ifname);
+        }
+    }
     if let Ok(mut m) = h.maps.endpoints() {
         let _ = m.delete(ip);
     }
@@ -1314,11 +1322,11 @@ fn host_route(ip: Ipv4Addr) -> Route {
     }
 }
 
-/// Deletes the host veth, the pinned links, the map entry and the route.
+/// Deletes the host veth, the attachment records, the map entry and the route.
 fn delete_datapath(h: &Handles, plan: &DelPlan) {
     let ifname = &plan.ifname;
-    // The veth first: its teardown detaches the TCX link with the device,
-    // so unpinning afterwards does not pay a second RCU grace period.
+    // The veth first: its teardown removes the pod's tc filter with the
+    // device, so only the record is left to drop.
     let deleted = h.nl.with(|nl| match nl.link(ifname)? {
         Some(_) => nl.delete_link(ifname).map(|()| true),
         None => Ok(false),

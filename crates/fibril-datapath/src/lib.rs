@@ -29,7 +29,10 @@ pub use config::{DatapathConfig, Device, Tunnel};
 pub use error::{DatapathError, Result};
 pub use events::{AsyncEventReader, EventReader, Flow, TcpFlags};
 pub use lb::{BackendSpec, Frontend, LbDump, LoadBalancer, ServiceSpec, ServiceType};
-pub use loader::{pinned_attachments, AttachOutcome, Datapath, DatapathOptions, PinnedAttachment};
+pub use loader::{
+    pinned_attachments, AttachMode, AttachOutcome, Datapath, DatapathOptions, PinnedAttachment,
+    POD_FILTER_HANDLE, POD_FILTER_PRIORITY,
+};
 pub use maps::{
     monotonic_ns, Conntrack, CtCounts, EventCounters, GcStats, HashTable, LpmTable, Maps,
     MetricEntry, Metrics, Prefix4,

@@ -9,14 +9,25 @@
 //! process loads fresh programs that reuse the pinned maps, then swaps each
 //! pinned link to the new program with `BPF_LINK_UPDATE`, which is atomic:
 //! no packet sees an empty hook.
+//!
+//! Pod veths are the exception: `cil_from_container` is attached in tc
+//! netlink mode (clsact qdisc + direct-action cls_bpf filter at
+//! [`POD_FILTER_PRIORITY`]/[`POD_FILTER_HANDLE`]), because a TCX
+//! `BPF_LINK_CREATE` on a fresh device waits for an RCU grace period under
+//! rtnl (10-15 ms, serialised machine-wide), which capped concurrent CNI ADDs.
+//! A netlink filter stays attached without any process or pin and goes away
+//! with the device. What was attached is recorded by pinning the program at
+//! `<pin_dir>/tc/<ifname>:<hook>:<program>`; a restart replaces the filter
+//! in place (same priority and handle, `RTM_NEWTFILTER` without
+//! `NLM_F_CREATE`), which cls_bpf swaps atomically, then re-pins the record.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::MapData;
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::SchedClassifier;
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
+use aya::programs::{ProgramInfo, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
 use fibril_abi::{map_names, NodeConfig};
 
@@ -47,15 +58,38 @@ pub enum AttachOutcome {
     Replaced,
 }
 
-/// A pinned link found under `<pin_dir>/links`.
+/// tc priority of the netlink-mode pod filter.
+pub const POD_FILTER_PRIORITY: u16 = 1;
+/// tc handle of the netlink-mode pod filter.
+pub const POD_FILTER_HANDLE: u32 = 1;
+
+/// How an attachment is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// A TCX link pinned under `<pin_dir>/links`.
+    Tcx,
+    /// A tc netlink (clsact + cls_bpf) filter, recorded under `<pin_dir>/tc`
+    /// by a pin of the attached program.
+    Netlink {
+        /// Filter priority.
+        priority: u16,
+        /// Filter handle.
+        handle: u32,
+    },
+}
+
+/// An attachment found under `<pin_dir>/links` (TCX) or `<pin_dir>/tc`
+/// (netlink filters of pod veths).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinnedAttachment {
     /// Interface name.
     pub ifname: String,
     /// Program attached.
     pub prog: Prog,
-    /// Pin path.
+    /// Pin path (the link for TCX, the attached program for netlink).
     pub path: PathBuf,
+    /// TCX link or netlink filter.
+    pub mode: AttachMode,
 }
 
 /// The loaded programs of one node, with their pinned maps.
@@ -87,6 +121,19 @@ fn encode_ifname(ifname: &str) -> String {
 
 fn decode_ifname(enc: &str) -> String {
     enc.replace("%2e", ".").replace("%25", "%")
+}
+
+fn tc_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("tc")
+}
+
+fn tc_record_path(pin_dir: &Path, ifname: &str, prog: Prog) -> PathBuf {
+    tc_dir(pin_dir).join(format!(
+        "{}:{}:{}",
+        encode_ifname(ifname),
+        prog.hook().as_str(),
+        prog.name()
+    ))
 }
 
 fn link_pin_path(pin_dir: &Path, ifname: &str, prog: Prog) -> PathBuf {
@@ -137,8 +184,10 @@ impl Datapath {
         let config = opts.config.to_abi(&opts.netns)?;
         let mounted = bpffs::ensure_bpffs(&opts.pin_dir)?;
         let fresh = !opts.pin_dir.exists();
-        std::fs::create_dir_all(links_dir(&opts.pin_dir))
-            .map_err(|e| DatapathError::io(format!("create {}", opts.pin_dir.display()), e))?;
+        for dir in [links_dir(&opts.pin_dir), tc_dir(&opts.pin_dir)] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| DatapathError::io(format!("create {}", dir.display()), e))?;
+        }
         let loaded = Self::load_objects(&opts.pin_dir, &config);
         if loaded.is_err() && fresh {
             // A first load that failed must not leave pins or directories behind.
@@ -267,9 +316,93 @@ impl Datapath {
         Ok(AttachOutcome::Created)
     }
 
-    /// Attaches `cil_from_container` to a pod's host-side veth.
+    /// Attaches `cil_from_container` to a pod's host-side veth in tc
+    /// netlink mode (see the module docs for why not TCX). An existing
+    /// filter at the pod priority/handle is replaced atomically.
     pub fn attach_endpoint(&mut self, ifname: &str) -> Result<AttachOutcome> {
-        self.attach(Prog::FromContainer, ifname)
+        let outcome = self.attach_netlink(Prog::FromContainer, ifname)?;
+        // A TCX link of an older agent on the same hook would run first:
+        // drop it now that the filter is in place.
+        let old = link_pin_path(&self.pin_dir, ifname, Prog::FromContainer);
+        if old.exists() {
+            tracing::info!(ifname, "replacing TCX pod link by a tc netlink filter");
+            unpin_link(&old)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Attaches `prog` to `ifname` as a netlink-mode filter (replacing the
+    /// one at the pod priority/handle if present) and records it.
+    fn attach_netlink(&mut self, prog: Prog, ifname: &str) -> Result<AttachOutcome> {
+        let record = tc_record_path(&self.pin_dir, ifname, prog);
+        let netns = self.netns.clone();
+        let program = self.program(prog)?;
+        let err = |reason: String| DatapathError::Attach {
+            program: prog.name().to_string(),
+            ifname: ifname.to_string(),
+            hook: prog.hook().as_str(),
+            reason,
+        };
+        let outcome = netns
+            .run(|| -> Result<AttachOutcome, String> {
+                // Replace first: true for a restart, and cheap (one netlink
+                // round trip) when there is nothing to replace.
+                if replace_filter(program, ifname, prog).is_ok() {
+                    return Ok(AttachOutcome::Replaced);
+                }
+                if let Err(e) = aya::programs::tc::qdisc_add_clsact(ifname) {
+                    // Usually EEXIST; a real problem shows in the attach below.
+                    tracing::trace!(ifname, error = %e, "add clsact");
+                }
+                let id = program
+                    .attach_with_options(
+                        ifname,
+                        prog.hook().attach_type(),
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: POD_FILTER_PRIORITY,
+                            handle: TcHandle::from(POD_FILTER_HANDLE),
+                            classid: None,
+                        }),
+                    )
+                    .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
+                keep_filter(program, id)?;
+                Ok(AttachOutcome::Created)
+            })?
+            .map_err(err)?;
+        pin_record(program, &record).map_err(err)?;
+        tracing::debug!(
+            ifname,
+            prog = prog.name(),
+            ?outcome,
+            "attached (tc netlink)"
+        );
+        Ok(outcome)
+    }
+
+    /// Detaches the pod program from `ifname` (deleting its netlink filter
+    /// in the datapath's namespace if the device is still there) and drops
+    /// every record of `ifname`. Returns the records dropped.
+    pub fn detach_endpoint(&mut self, ifname: &str) -> Result<usize> {
+        let prog = Prog::FromContainer;
+        let record = tc_record_path(&self.pin_dir, ifname, prog);
+        if record.exists() {
+            let name = ifname.to_string();
+            let gone = self.netns.run(move || {
+                let link = SchedClassifierLink::attached(
+                    &name,
+                    prog.hook().attach_type(),
+                    POD_FILTER_PRIORITY,
+                    TcHandle::from(POD_FILTER_HANDLE),
+                    None,
+                );
+                // Dropping an owned netlink link deletes the filter.
+                link.map(drop).map_err(|e| e.to_string())
+            })?;
+            if let Err(reason) = gone {
+                tracing::debug!(ifname, %reason, "pod filter already gone");
+            }
+        }
+        Self::detach_interface(&self.pin_dir, ifname)
     }
 
     /// Attaches `cil_from_netdev` / `cil_to_netdev` to the underlay device.
@@ -291,12 +424,21 @@ impl Datapath {
     /// Returns the attachments now running the new programs.
     pub fn replace_pinned(&mut self) -> Result<Vec<PinnedAttachment>> {
         let mut done = Vec::new();
+        let netns = self.netns.clone();
         for att in pinned_attachments(&self.pin_dir)? {
             let program = self.program(att.prog)?;
-            match replace_link(program, &att.path) {
+            let r = match att.mode {
+                AttachMode::Tcx => replace_link(program, &att.path),
+                AttachMode::Netlink { .. } => netns
+                    .run(|| replace_filter(program, &att.ifname, att.prog))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+                    .and_then(|()| pin_record(program, &att.path)),
+            };
+            match r {
                 Ok(()) => done.push(att),
                 Err(reason) => {
-                    tracing::info!(ifname = %att.ifname, %reason, "removing stale pinned link");
+                    tracing::info!(ifname = %att.ifname, %reason, "removing stale attachment");
                     let _ = std::fs::remove_file(&att.path);
                 }
             }
@@ -304,12 +446,18 @@ impl Datapath {
         Ok(done)
     }
 
-    /// Detaches every program from `ifname` (e.g. on pod deletion).
+    /// Detaches every TCX link from `ifname` and drops its netlink filter
+    /// records (e.g. on pod deletion, after the veth is deleted: netlink
+    /// filters go with the device; use [`Datapath::detach_endpoint`] while
+    /// the device still exists). Returns the attachments dropped.
     pub fn detach_interface(pin_dir: &Path, ifname: &str) -> Result<usize> {
         let mut n = 0;
         for att in pinned_attachments(pin_dir)? {
             if att.ifname == ifname {
-                unpin_link(&att.path)?;
+                match att.mode {
+                    AttachMode::Tcx => unpin_link(&att.path)?,
+                    AttachMode::Netlink { .. } => remove_record(&att.path)?,
+                }
                 n += 1;
             }
         }
@@ -323,7 +471,9 @@ impl Datapath {
             return Ok(());
         }
         for att in pinned_attachments(pin_dir)? {
-            unpin_link(&att.path)?;
+            if att.mode == AttachMode::Tcx {
+                unpin_link(&att.path)?;
+            }
         }
         // The directory belongs to this node: unpin every map (also ones of
         // an older binary) and whatever else was pinned there.
@@ -370,6 +520,59 @@ fn replace_link(program: &mut SchedClassifier, path: &Path) -> Result<(), String
     Ok(())
 }
 
+/// Points the pod filter of `ifname` at `program` (`RTM_NEWTFILTER`
+/// without `NLM_F_CREATE`: fails if there is no such filter, e.g. the
+/// device is gone or new). Runs in the caller's namespace.
+fn replace_filter(program: &mut SchedClassifier, ifname: &str, prog: Prog) -> Result<(), String> {
+    let link = SchedClassifierLink::attached(
+        ifname,
+        prog.hook().attach_type(),
+        POD_FILTER_PRIORITY,
+        TcHandle::from(POD_FILTER_HANDLE),
+        None,
+    )
+    .map_err(|e| format!("{ifname}: {e}"))?;
+    let id = program
+        .attach_to_link(link)
+        .map_err(|e| format!("filter replace: {e}: {}", source_chain(&e)))?;
+    keep_filter(program, id)
+}
+
+/// Takes the netlink link out of aya's bookkeeping without detaching it:
+/// the filter must outlive this process.
+fn keep_filter(
+    program: &mut SchedClassifier,
+    id: aya::programs::tc::SchedClassifierLinkId,
+) -> Result<(), String> {
+    let link = program.take_link(id).map_err(|e| e.to_string())?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Records that `program` is attached: pins it at `record` (a temporary
+/// name first, then renamed over the old record).
+fn pin_record(program: &mut SchedClassifier, record: &Path) -> Result<(), String> {
+    let mut tmp = record.as_os_str().to_owned();
+    tmp.push("~new");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    program
+        .pin(&tmp)
+        .map_err(|e| format!("pin {}: {e}: {}", tmp.display(), source_chain(&e)))?;
+    std::fs::rename(&tmp, record).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("rename {} to {}: {e}", tmp.display(), record.display())
+    })
+}
+
+fn remove_record(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DatapathError::io(format!("unpin {}", path.display()), e)),
+    }
+}
+
 fn unpin_link(path: &Path) -> Result<()> {
     match PinnedLink::from_pin(path) {
         Ok(pinned) => {
@@ -389,8 +592,19 @@ fn unpin_link(path: &Path) -> Result<()> {
 
 impl PinnedAttachment {
     /// `(link id, program id)` of the pinned link: the link id stays across
-    /// a replacement, the program id changes.
+    /// a replacement, the program id changes. For a netlink filter the
+    /// first is the filter handle (also kept across a replacement) and the
+    /// program is the one last attached.
     pub fn ids(&self) -> Result<(u32, u32)> {
+        if let AttachMode::Netlink { handle, .. } = self.mode {
+            let info = ProgramInfo::from_pin(&self.path).map_err(|e| {
+                DatapathError::io(
+                    format!("open pinned program {}", self.path.display()),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+            return Ok((handle, info.id()));
+        }
         let pinned = PinnedLink::from_pin(&self.path).map_err(|e| {
             DatapathError::io(
                 format!("open pinned link {}", self.path.display()),
@@ -408,15 +622,29 @@ impl PinnedAttachment {
     }
 }
 
-/// Lists the pinned links of a node.
+/// Lists the attachments of a node: pinned TCX links and recorded netlink
+/// filters.
 pub fn pinned_attachments(pin_dir: &Path) -> Result<Vec<PinnedAttachment>> {
-    let dir = links_dir(pin_dir);
-    let rd = match std::fs::read_dir(&dir) {
+    let mut out = Vec::new();
+    list_dir(&links_dir(pin_dir), AttachMode::Tcx, &mut out)?;
+    list_dir(
+        &tc_dir(pin_dir),
+        AttachMode::Netlink {
+            priority: POD_FILTER_PRIORITY,
+            handle: POD_FILTER_HANDLE,
+        },
+        &mut out,
+    )?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn list_dir(dir: &Path, mode: AttachMode, out: &mut Vec<PinnedAttachment>) -> Result<()> {
+    let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(DatapathError::io(format!("read {}", dir.display()), e)),
     };
-    let mut out = Vec::new();
     for entry in rd.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         // <ifname>:<hook>:<prog>
@@ -435,10 +663,10 @@ pub fn pinned_attachments(pin_dir: &Path) -> Result<Vec<PinnedAttachment>> {
             ifname: decode_ifname(ifname),
             prog,
             path: entry.path(),
+            mode,
         });
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

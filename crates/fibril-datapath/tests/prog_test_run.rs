@@ -339,10 +339,17 @@ fn links_of_deleted_interfaces_are_dropped_and_detach_removes_links() {
         bed.dp.attach_endpoint("lxca").unwrap(),
         AttachOutcome::Created
     );
-    // Explicit detach.
+    // Pod programs are tc netlink filters, visible to tc(8).
+    let filters = bed.ns.sh("tc filter show dev lxcb ingress");
+    assert!(filters.contains("cil_from_container"), "{filters}");
+    // Explicit detach while the device exists removes the filter too.
+    assert_eq!(bed.dp.detach_endpoint("lxcb").unwrap(), 1);
+    let filters = bed.ns.sh("tc filter show dev lxcb ingress");
+    assert!(!filters.contains("cil_from_container"), "{filters}");
+    // Detaching by pin dir only drops records (the filter goes with the device).
     assert_eq!(
         Datapath::detach_interface(bed.pin_dir(), "lxcb").unwrap(),
-        1
+        0
     );
     let left = pinned_attachments(bed.pin_dir()).unwrap();
     assert_eq!(left.len(), 1);

@@ -93,6 +93,23 @@ fn link_ids(node: &TestNode) -> Vec<(String, u32, u32)> {
         .collect()
 }
 
+/// The pods' tc filters (netlink mode) run exactly the recorded program,
+/// one filter per pod veth.
+fn assert_filters_run(node: &TestNode, ids: &[(String, u32, u32)]) {
+    for (name, _, prog) in ids {
+        let Some(ifname) = name.strip_suffix("/cil_from_container") else {
+            continue;
+        };
+        let out = node.ns.sh(&format!("tc filter show dev {ifname} ingress"));
+        assert_eq!(
+            out.matches("cil_from_container").count(),
+            1,
+            "{ifname}: {out}"
+        );
+        assert!(out.contains(&format!(" id {prog} ")), "{ifname}: {out}");
+    }
+}
+
 fn received(file: &std::path::Path) -> u64 {
     std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
 }
@@ -151,9 +168,10 @@ fn programs_survive_loader_exit_and_kill_and_are_replaced_atomically() {
     assert!(out.contains("REPLACED 4"), "{out}");
     let ids1 = link_ids(&node);
     for ((n0, l0, p0), (n1, l1, p1)) in ids0.iter().zip(&ids1) {
-        assert_eq!((n0, l0), (n1, l1), "same link");
+        assert_eq!((n0, l0), (n1, l1), "same link / filter handle");
         assert_ne!(p0, p1, "{n0}: program replaced");
     }
+    assert_filters_run(&node, &ids1);
 
     // 4. A loader killed with SIGKILL.
     let mut hang = spawn_child(&node, "hang");
@@ -181,6 +199,7 @@ fn programs_survive_loader_exit_and_kill_and_are_replaced_atomically() {
         .iter()
         .zip(&ids2)
         .all(|(x, y)| x.1 == y.1 && x.2 != y.2));
+    assert_filters_run(&node, &ids3);
 
     // The TCP stream is still the same connection and still flowing.
     let mid = received(&sink);
