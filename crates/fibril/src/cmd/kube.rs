@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use fibril_api::{Kind, ObjectKey};
+use fibril_kubelet::time::rfc3339_now;
 use fibril_lab::DEFAULT_LAB;
 use fibril_store::{SharedStore, StoredObject};
 use serde_json::{json, Value};
@@ -259,27 +260,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 UTC (`2026-12-07T18:35:05Z`), as Kubernetes writes timestamps.
-pub fn rfc3339(t: i64) -> String {
-    let days = t.div_euclid(86400);
-    let rem = t.rem_euclid(86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|+00:00)` into Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -321,32 +301,20 @@ pub fn human_duration(secs: i64) -> String {
     }
     let m = s / 60;
     if m < 10 {
-        return if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        };
+        return two_units(m, "m", s % 60, "s");
     }
     if m < 180 {
         return format!("{m}m");
     }
     let h = s / 3600;
     if h < 8 {
-        return if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        };
+        return two_units(h, "h", m % 60, "m");
     }
     if h < 48 {
         return format!("{h}h");
     }
     if h < 24 * 8 {
-        return if h % 24 == 0 {
-            format!("{}d", h / 24)
-        } else {
-            format!("{}d{}h", h / 24, h % 24)
-        };
+        return two_units(h / 24, "d", h % 24, "h");
     }
     if h < 24 * 365 * 2 {
         return format!("{}d", h / 24);
@@ -354,13 +322,18 @@ pub fn human_duration(secs: i64) -> String {
     if h < 24 * 365 * 8 {
         let y = h / (24 * 365);
         let d = (h % (24 * 365)) / 24;
-        return if d == 0 {
-            format!("{y}y")
-        } else {
-            format!("{y}y{d}d")
-        };
+        return two_units(y, "y", d, "d");
     }
     format!("{}y", h / (24 * 365))
+}
+
+/// `3h`, or `3h2m` when the second unit is not zero.
+fn two_units(big: i64, big_unit: &str, small: i64, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit}{small}{small_unit}")
+    }
 }
 
 fn age_of(ts: Option<&str>) -> String {
@@ -368,6 +341,14 @@ fn age_of(ts: Option<&str>) -> String {
         Some(t) => human_duration(now_unix() - t),
         None => "<unknown>".into(),
     }
+}
+
+/// The elements of the array at `ptr` (none when missing or not an array).
+fn array_at<'a>(v: &'a Value, ptr: &str) -> impl Iterator<Item = &'a Value> {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
 }
 
 fn st<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
@@ -483,7 +464,7 @@ async fn apply_one(
                 if let Some(m) = value.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.entry("uid").or_insert_with(|| json!(new_uid()));
                     m.entry("creationTimestamp")
-                        .or_insert_with(|| json!(rfc3339(now_unix())));
+                        .or_insert_with(|| json!(rfc3339_now()));
                     m.insert("generation".into(), json!(1));
                     m.remove("resourceVersion");
                 }
@@ -868,18 +849,10 @@ fn table_row(res: &Res, v: &Value, wide: bool) -> Vec<String> {
         "Service" => {
             let ty = st(v, "/spec/type").unwrap_or("ClusterIP").to_string();
             let external = {
-                let ing: Vec<String> = v
-                    .pointer("/status/loadBalancer/ingress")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
+                let ing: Vec<String> = array_at(v, "/status/loadBalancer/ingress")
                     .filter_map(|i| st(i, "/ip").map(str::to_string))
                     .collect();
-                let ext: Vec<String> = v
-                    .pointer("/spec/externalIPs")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
+                let ext: Vec<String> = array_at(v, "/spec/externalIPs")
                     .filter_map(|i| i.as_str().map(str::to_string))
                     .collect();
                 let all: Vec<String> = ing.into_iter().chain(ext).collect();
@@ -891,11 +864,7 @@ fn table_row(res: &Res, v: &Value, wide: bool) -> Vec<String> {
                     "<none>".into()
                 }
             };
-            let ports: Vec<String> = v
-                .pointer("/spec/ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+            let ports: Vec<String> = array_at(v, "/spec/ports")
                 .map(|p| {
                     let proto = st(p, "/protocol").unwrap_or("TCP");
                     match p.get("nodePort").and_then(Value::as_i64) {
@@ -959,11 +928,7 @@ fn table_row(res: &Res, v: &Value, wide: bool) -> Vec<String> {
             ]
         }
         "Node" => {
-            let ready = v
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+            let ready = array_at(v, "/status/conditions")
                 .find(|c| st(c, "/type") == Some("Ready"))
                 .map(|c| st(c, "/status") == Some("True"));
             let mut status = match ready {
@@ -973,20 +938,10 @@ fn table_row(res: &Res, v: &Value, wide: bool) -> Vec<String> {
             if v.pointer("/spec/unschedulable") == Some(&json!(true)) {
                 status.push_str(",SchedulingDisabled");
             }
-            let roles: Vec<String> = v
-                .pointer("/metadata/labels")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, _)| {
-                    k.strip_prefix("node-role.kubernetes.io/")
-                        .map(str::to_string)
-                })
-                .collect();
             let mut row = vec![
                 name,
                 status,
-                or_none(Some(roles.join(","))),
+                node_roles(v),
                 age,
                 st(v, "/status/nodeInfo/kubeletVersion")
                     .unwrap_or("")
@@ -994,10 +949,7 @@ fn table_row(res: &Res, v: &Value, wide: bool) -> Vec<String> {
             ];
             if wide {
                 let addr = |t: &str| {
-                    v.pointer("/status/addresses")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
+                    array_at(v, "/status/addresses")
                         .find(|a| st(a, "/type") == Some(t))
                         .and_then(|a| st(a, "/address"))
                         .map(str::to_string)
@@ -1018,10 +970,7 @@ fn table_row(res: &Res, v: &Value, wide: bool) -> Vec<String> {
         }
         "FibrilNode" => {
             let addr = |t: &str| {
-                v.pointer("/spec/addresses")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
+                array_at(v, "/spec/addresses")
                     .find(|a| st(a, "/type") == Some(t))
                     .and_then(|a| st(a, "/ip"))
                     .unwrap_or("")
@@ -1257,12 +1206,7 @@ fn pod_status(v: &Value) -> String {
         return r.to_string();
     }
     let phase = st(v, "/status/phase").unwrap_or("Pending").to_string();
-    for c in v
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for c in array_at(v, "/status/containerStatuses") {
         if let Some(r) = st(c, "/state/waiting/reason") {
             return r.to_string();
         }
@@ -1463,15 +1407,41 @@ fn field(out: &mut String, indent: usize, key: &str, value: &str) {
     out.push_str(&format!("{key:<width$}{value}\n"));
 }
 
-fn describe_pod(v: &Value) -> String {
-    let mut o = String::new();
-    field(&mut o, 0, "Name", &name_of(v));
+/// `Name:` and `Namespace:` (`default` when unset).
+fn name_and_namespace(o: &mut String, v: &Value) {
+    field(o, 0, "Name", &name_of(v));
     field(
-        &mut o,
+        o,
         0,
         "Namespace",
         st(v, "/metadata/namespace").unwrap_or("default"),
     );
+}
+
+/// `Labels:` and `Annotations:`, one `key=value` a line.
+fn labels_and_annotations(o: &mut String, v: &Value) {
+    for (key, ptr) in [
+        ("Labels", "/metadata/labels"),
+        ("Annotations", "/metadata/annotations"),
+    ] {
+        field(o, 0, key, &multi_kv(v.pointer(ptr), 18));
+    }
+}
+
+/// A table indented by two spaces (Conditions, Events).
+fn indented_table(o: &mut String, rows: &[Vec<String>]) {
+    for line in format_table_sep(rows, 2).lines() {
+        o.push_str(&format!("  {line}\n"));
+    }
+}
+
+fn string_row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|s| s.to_string()).collect()
+}
+
+fn describe_pod(v: &Value) -> String {
+    let mut o = String::new();
+    name_and_namespace(&mut o, v);
     field(&mut o, 0, "Priority", "0");
     field(
         &mut o,
@@ -1488,18 +1458,7 @@ fn describe_pod(v: &Value) -> String {
     if let Some(t) = st(v, "/status/startTime") {
         field(&mut o, 0, "Start Time", t);
     }
-    field(
-        &mut o,
-        0,
-        "Labels",
-        &multi_kv(v.pointer("/metadata/labels"), 18),
-    );
-    field(
-        &mut o,
-        0,
-        "Annotations",
-        &multi_kv(v.pointer("/metadata/annotations"), 18),
-    );
+    labels_and_annotations(&mut o, v);
     let status = if v.pointer("/metadata/deletionTimestamp").is_some() {
         format!(
             "Terminating (lasts {})",
@@ -1512,11 +1471,7 @@ fn describe_pod(v: &Value) -> String {
     let ip = st(v, "/status/podIP").unwrap_or("");
     field(&mut o, 0, "IP", ip);
     o.push_str("IPs:\n");
-    let ips: Vec<&str> = v
-        .pointer("/status/podIPs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let ips: Vec<&str> = array_at(v, "/status/podIPs")
         .filter_map(|i| st(i, "/ip"))
         .collect();
     if ips.is_empty() {
@@ -1540,12 +1495,7 @@ fn describe_pod(v: &Value) -> String {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    for c in v
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for c in array_at(v, "/spec/containers") {
         let cname = st(c, "/name").unwrap_or("");
         o.push_str(&format!("  {cname}:\n"));
         let cs = statuses.iter().find(|s| st(s, "/name") == Some(cname));
@@ -1605,11 +1555,7 @@ fn describe_pod(v: &Value) -> String {
         );
     }
     o.push_str("Conditions:\n");
-    let conds: Vec<(String, String)> = v
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let conds: Vec<(String, String)> = array_at(v, "/status/conditions")
         .map(|c| {
             (
                 st(c, "/type").unwrap_or("").to_string(),
@@ -1622,9 +1568,7 @@ fn describe_pod(v: &Value) -> String {
     } else {
         let mut rows = vec![vec!["Type".to_string(), "Status".to_string()]];
         rows.extend(conds.into_iter().map(|(t, s)| vec![t, s]));
-        for line in format_table_sep(&rows, 2).lines() {
-            o.push_str(&format!("  {line}\n"));
-        }
+        indented_table(&mut o, &rows);
     }
     field(
         &mut o,
@@ -1633,6 +1577,19 @@ fn describe_pod(v: &Value) -> String {
         &multi_kv(v.pointer("/spec/nodeSelector"), 18),
     );
     o
+}
+
+/// A Node's roles (`node-role.kubernetes.io/<role>` labels) joined by
+/// commas, `<none>` without any.
+fn node_roles(v: &Value) -> String {
+    let roles: Vec<&str> = v
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+        .collect();
+    or_none(Some(roles.join(",")))
 }
 
 fn multi_kv(v: Option<&Value>, indent: usize) -> String {
@@ -1649,29 +1606,8 @@ fn multi_kv(v: Option<&Value>, indent: usize) -> String {
 fn describe_node(v: &Value) -> String {
     let mut o = String::new();
     field(&mut o, 0, "Name", &name_of(v));
-    let roles: Vec<String> = v
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, _)| {
-            k.strip_prefix("node-role.kubernetes.io/")
-                .map(str::to_string)
-        })
-        .collect();
-    field(&mut o, 0, "Roles", &or_none(Some(roles.join(","))));
-    field(
-        &mut o,
-        0,
-        "Labels",
-        &multi_kv(v.pointer("/metadata/labels"), 18),
-    );
-    field(
-        &mut o,
-        0,
-        "Annotations",
-        &multi_kv(v.pointer("/metadata/annotations"), 18),
-    );
+    field(&mut o, 0, "Roles", &node_roles(v));
+    labels_and_annotations(&mut o, v);
     if let Some(t) = st(v, "/metadata/creationTimestamp") {
         field(&mut o, 0, "CreationTimestamp", t);
     }
@@ -1683,22 +1619,11 @@ fn describe_node(v: &Value) -> String {
         if unsched { "true" } else { "false" },
     );
     o.push_str("Conditions:\n");
-    let mut rows = vec![["Type", "Status", "LastHeartbeatTime", "Reason", "Message"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()];
-    rows.push(
-        ["----", "------", "-----------------", "------", "-------"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    );
-    for c in v
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    let mut rows = vec![
+        string_row(&["Type", "Status", "LastHeartbeatTime", "Reason", "Message"]),
+        string_row(&["----", "------", "-----------------", "------", "-------"]),
+    ];
+    for c in array_at(v, "/status/conditions") {
         rows.push(
             [
                 "/type",
@@ -1712,16 +1637,9 @@ fn describe_node(v: &Value) -> String {
             .collect(),
         );
     }
-    for line in format_table_sep(&rows, 2).lines() {
-        o.push_str(&format!("  {line}\n"));
-    }
+    indented_table(&mut o, &rows);
     o.push_str("Addresses:\n");
-    for a in v
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for a in array_at(v, "/status/addresses") {
         o.push_str(&format!(
             "  {}:  {}\n",
             st(a, "/type").unwrap_or(""),
@@ -1747,11 +1665,7 @@ fn describe_node(v: &Value) -> String {
         "PodCIDR",
         st(v, "/spec/podCIDR").unwrap_or("<none>"),
     );
-    let cidrs: Vec<&str> = v
-        .pointer("/spec/podCIDRs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let cidrs: Vec<&str> = array_at(v, "/spec/podCIDRs")
         .filter_map(Value::as_str)
         .collect();
     field(&mut o, 0, "PodCIDRs", &or_none(Some(cidrs.join(","))));
@@ -1760,25 +1674,8 @@ fn describe_node(v: &Value) -> String {
 
 fn describe_configmap(v: &Value) -> String {
     let mut o = String::new();
-    field(&mut o, 0, "Name", &name_of(v));
-    field(
-        &mut o,
-        0,
-        "Namespace",
-        st(v, "/metadata/namespace").unwrap_or("default"),
-    );
-    field(
-        &mut o,
-        0,
-        "Labels",
-        &multi_kv(v.pointer("/metadata/labels"), 18),
-    );
-    field(
-        &mut o,
-        0,
-        "Annotations",
-        &multi_kv(v.pointer("/metadata/annotations"), 18),
-    );
+    name_and_namespace(&mut o, v);
+    labels_and_annotations(&mut o, v);
     o.push_str("\nData\n====\n");
     for (k, val) in v
         .get("data")
@@ -1801,18 +1698,7 @@ fn describe_generic(v: &Value) -> String {
     if let Some(ns) = st(v, "/metadata/namespace") {
         field(&mut o, 0, "Namespace", ns);
     }
-    field(
-        &mut o,
-        0,
-        "Labels",
-        &multi_kv(v.pointer("/metadata/labels"), 18),
-    );
-    field(
-        &mut o,
-        0,
-        "Annotations",
-        &multi_kv(v.pointer("/metadata/annotations"), 18),
-    );
+    labels_and_annotations(&mut o, v);
     if let Some(t) = st(v, "/metadata/creationTimestamp") {
         field(&mut o, 0, "CreationTimestamp", t);
     }
@@ -1851,14 +1737,8 @@ fn events_table(v: &Value, kind: &str, events: &[Value]) -> String {
         return "Events:            <none>\n".into();
     }
     let mut rows = vec![
-        ["Type", "Reason", "Age", "From", "Message"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-        ["----", "------", "----", "----", "-------"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        string_row(&["Type", "Reason", "Age", "From", "Message"]),
+        string_row(&["----", "------", "----", "----", "-------"]),
     ];
     for e in evs {
         let count = int(e, "/count");
@@ -1884,9 +1764,7 @@ fn events_table(v: &Value, kind: &str, events: &[Value]) -> String {
         ]);
     }
     let mut o = String::from("Events:\n");
-    for line in format_table_sep(&rows, 2).lines() {
-        o.push_str(&format!("  {line}\n"));
-    }
+    indented_table(&mut o, &rows);
     o
 }
 
@@ -2003,7 +1881,7 @@ async fn delete_one(store: &SharedStore, key: &ObjectKey) -> anyhow::Result<Dele
             .and_then(Value::as_i64)
             .unwrap_or(30);
         if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.insert("deletionTimestamp".into(), json!(rfc3339(now_unix())));
+            m.insert("deletionTimestamp".into(), json!(rfc3339_now()));
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
         }
         match store.update(key, v, obj.mod_revision).await {
@@ -2140,7 +2018,7 @@ pub fn rollout(c: RolloutCommand) -> anyhow::Result<ExitCode> {
             let (rt, rec) = session(&a.lab.lab)?;
             rt.block_on(async {
                 let store = fibril_lab::cluster::connect(&rec).await?;
-                let now = rfc3339(now_unix());
+                let now = rfc3339_now();
                 for n in &names {
                     let key = ObjectKey::new(kind, Some(&ns), n);
                     modify(&store, &key, |v| {
@@ -2189,7 +2067,10 @@ mod tests {
     #[test]
     fn timestamps_roundtrip() {
         let t = 1_765_132_505;
-        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        assert_eq!(
+            parse_rfc3339(&fibril_kubelet::time::rfc3339(t)),
+            Some(t as i64)
+        );
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
         assert_eq!(
