@@ -72,9 +72,13 @@ impl Cni {
         if std::fs::read_link(&link).ok().as_deref() == Some(exe) {
             return Ok(());
         }
+        // Unique per call: pod runners of several nodes may share a process
+        // (tests) as well as the directory.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .bin_dir
-            .join(format!(".{CNI_TYPE}.{}", std::process::id()));
+            .join(format!(".{CNI_TYPE}.{}.{seq}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(exe, &tmp).map_err(|e| KubeletError::io(&tmp, "symlink", e))?;
         std::fs::rename(&tmp, &link).map_err(|e| KubeletError::io(&link, "rename", e))
