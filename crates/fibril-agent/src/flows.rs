@@ -950,6 +950,7 @@ pub async fn run(
         }
     };
     let mut enricher = Enricher::new(load_names(&opts, &shared).await);
+    let mut names_at = std::time::Instant::now();
     let mut lost_seen = reader.lost_events().unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     enum Step {
@@ -965,6 +966,19 @@ pub async fn run(
         };
         match step {
             Step::Batch(Ok(flows)) => {
+                // A pod that appeared since the last refresh would print as a
+                // bare IP: refresh the names first (at most every 100 ms).
+                // (Pods carry cluster identities, 256 and up.)
+                let unknown = flows.iter().any(|f| {
+                    let pods = &enricher.names.pods;
+                    [(f.src_ip, f.src_identity), (f.dst_ip, f.dst_identity)]
+                        .iter()
+                        .any(|(ip, id)| *id >= 256 && !pods.contains_key(ip))
+                });
+                if unknown && names_at.elapsed() >= Duration::from_millis(100) {
+                    enricher.names = load_names(&opts, &shared).await;
+                    names_at = std::time::Instant::now();
+                }
                 for f in &flows {
                     let t = system_ns(f);
                     if let Some(line) = enricher.enrich_aggregated(f, t) {
@@ -978,6 +992,7 @@ pub async fn run(
             }
             Step::Tick => {
                 enricher.names = load_names(&opts, &shared).await;
+                names_at = std::time::Instant::now();
                 if let Ok(n) = reader.lost_events() {
                     if n > lost_seen {
                         hub.publish(FlowLine::lost(
