@@ -170,19 +170,32 @@ impl Lab {
         }
     }
 
-    /// Waits until every pod of `fibril get pods -A` listed in `names`
-    /// (prefix match) is Running; returns the `get pods -o wide` output.
+    /// Waits until `count` pods whose names start with one of `prefixes`
+    /// are Running and Ready; returns the `get pods -A -o wide` output.
     pub fn wait_running(&self, prefixes: &[&str], count: usize, timeout: Duration) -> String {
         let mut last = String::new();
         let got = eventually(timeout, || {
             last = self.ok(&["get", "pods", "-A", "-o", "wide"]);
+            // NAMESPACE NAME READY STATUS ...: Running and all containers Ready
+            // (a pod joins its Services' endpoints only once Ready).
             let running = last
                 .lines()
-                .filter(|l| l.contains("Running") && prefixes.iter().any(|p| l.contains(p)))
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let ready = f
+                        .get(2)
+                        .and_then(|r| r.split_once('/'))
+                        .is_some_and(|(a, b)| a == b);
+                    f.get(3) == Some(&"Running")
+                        && ready
+                        && prefixes
+                            .iter()
+                            .any(|p| f.get(1).is_some_and(|n| n.starts_with(p)))
+                })
                 .count();
             (running >= count).then_some(())
         });
-        assert!(got.is_some(), "pods not Running in time:\n{last}");
+        assert!(got.is_some(), "pods not Running and Ready in time:\n{last}");
         last
     }
 
