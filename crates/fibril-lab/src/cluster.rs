@@ -131,17 +131,7 @@ impl ClusterRecord {
 
     /// Writes `cluster.json` atomically.
     pub fn save(&self) -> LabResult<()> {
-        let path = cluster_file(&self.lab);
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).map_err(|e| LabError::CorruptState {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        fs::write(&tmp, text).map_err(|source| LabError::State {
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, &path).map_err(|source| LabError::State { path, source })
+        crate::state::write_json_atomic(&cluster_file(&self.lab), self)
     }
 
     /// The process of `component`.
@@ -680,31 +670,6 @@ fn wait_nodes_ready(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// Now as RFC 3339 UTC (`2026-12-07T18:35:05Z`).
-pub fn now_rfc3339() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let days = t.div_euclid(86400);
-    let rem = t.rem_euclid(86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }
 
 /// Whether a Node has condition Ready=True.

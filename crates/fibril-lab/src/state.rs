@@ -37,6 +37,24 @@ pub fn validate_lab_name(lab: &str) -> LabResult<()> {
     }
 }
 
+/// Writes `value` as pretty JSON to `path` through a temporary file and a
+/// rename, so a reader never sees half a file.
+pub(crate) fn write_json_atomic(path: &Path, value: &impl Serialize) -> LabResult<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(value).map_err(|e| LabError::CorruptState {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    fs::write(&tmp, text).map_err(|source| LabError::State {
+        path: tmp.clone(),
+        source,
+    })?;
+    fs::rename(&tmp, path).map_err(|source| LabError::State {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// State directory of lab `lab`.
 pub fn lab_dir(lab: &str) -> PathBuf {
     Path::new(LABS_DIR).join(lab)
@@ -119,17 +137,7 @@ impl LabState {
             path: dir.clone(),
             source,
         })?;
-        let path = dir.join("state.json");
-        let tmp = dir.join("state.json.tmp");
-        let text = serde_json::to_string_pretty(self).map_err(|e| LabError::CorruptState {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        fs::write(&tmp, text).map_err(|source| LabError::State {
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, &path).map_err(|source| LabError::State { path, source })
+        write_json_atomic(&dir.join("state.json"), self)
     }
 
     /// Namespace of host `host`.

@@ -56,7 +56,7 @@ pub use etcd_server::{EtcdServer, EtcdServerConfig, EtcdServerError};
 pub use fibril_api::ObjectKey;
 pub use keys::{key_path, parse_key_path, prefix_path, CLUSTER_SCOPE, KEY_ROOT};
 pub use memory::MemoryStore;
-pub use object::resource_version;
+pub use object::{resource_version, rfc3339};
 pub use typed::{resource_version_of, StoreExt, TypedEvent, TypedList, TypedWatchStream};
 
 /// A store-wide write counter (etcd's revision). Starts at 1; 0 means "before

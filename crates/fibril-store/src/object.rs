@@ -165,7 +165,8 @@ fn now_rfc3339() -> String {
     rfc3339(secs as i64)
 }
 
-fn rfc3339(secs: i64) -> String {
+/// Unix seconds as RFC 3339 UTC (`2006-01-02T15:04:05Z`).
+pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
     // Howard Hinnant's days-to-civil algorithm.

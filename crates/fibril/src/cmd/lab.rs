@@ -451,25 +451,10 @@ fn ago(t: u64) -> String {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` from Unix seconds (civil-from-days).
+/// `YYYY-MM-DD HH:MM:SS UTC` from Unix seconds.
 fn format_utc(t: u64) -> String {
-    let days = (t / 86400) as i64;
-    let rem = t % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let stamp = fibril_store::rfc3339(i64::try_from(t).unwrap_or(i64::MAX));
+    format!("{} UTC", stamp.replace('T', " ").trim_end_matches('Z'))
 }
 
 #[cfg(test)]
